@@ -1,0 +1,31 @@
+"""Model presets, picked with `--config=configs/train.py:model=NAME`. Each changes keys of `config.model`."""
+
+PRESETS = {
+    # The CPU demo: a character-level model that learns Shakespeare's spelling and verse layout in minutes.
+    "tiny": dict(
+        num_layers=4, d_model=256, num_heads=4, mlp_dim=768, max_seq_len=256,
+        norm="rmsnorm", positions="rope", mlp="swiglu",
+    ),
+    # The small throughput workload: nanoGPT's character-level shape.
+    "nano": dict(
+        num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_seq_len=64,
+        norm="layernorm", positions="learned", mlp="gelu", tie_embeddings=True,
+    ),
+    # GPT-2 small (124M): learned positions, LayerNorm, GELU, tied embeddings, GPT-2's vocab padded to 50304.
+    "gpt2_small": dict(
+        num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_seq_len=1024, vocab_size=50304,
+        norm="layernorm", positions="learned", mlp="gelu", tie_embeddings=True,
+    ),
+    # Llama-3.2-1B shape: GQA 32/8, SwiGLU, RoPE theta 500k, tied embeddings.
+    "llama_1b": dict(
+        num_layers=16, d_model=2048, num_heads=32, num_kv_heads=8, mlp_dim=8192, max_seq_len=8192,
+        vocab_size=128256, norm="rmsnorm", positions="rope", rope_theta=500000.0, mlp="swiglu",
+        tie_embeddings=True, dtype="bfloat16",
+    ),
+    # Llama-3-8B shape: GQA 32/8, SwiGLU, RoPE theta 500k, untied output.
+    "llama3_8b": dict(
+        num_layers=32, d_model=4096, num_heads=32, num_kv_heads=8, mlp_dim=14336, max_seq_len=8192,
+        vocab_size=128256, norm="rmsnorm", positions="rope", rope_theta=500000.0, mlp="swiglu",
+        tie_embeddings=False, dtype="bfloat16", remat="full",
+    ),
+}

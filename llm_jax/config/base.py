@@ -1,0 +1,96 @@
+"""Every config key, declared once with its default.
+
+Config files in `configs/` start from `base_config()` and only *change* values; a key that is not declared here is
+an error. `validate()` in `validate.py` checks the combination before anything compiles.
+"""
+
+import ml_collections
+
+# Logical axis -> mesh axis, in order of precedence. A mesh axis already used by an earlier dimension of the same
+# array is skipped, so activations ('batch', 'length', 'embed') shard batch over (data, fsdp) and leave embed
+# whole, while parameters ('vocab', 'embed') shard embed over fsdp (ZeRO-3) and vocab over tensor (Megatron).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model_preset = ""  # name of the preset applied by configs/train.py (recorded for the run)
+    c.topology_preset = ""
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 0  # 0: the tokenizer's size, rounded up to vocab_multiple
+    m.vocab_multiple = 64  # padding so the vocab shards evenly over the tensor axis
+    m.num_layers = 4
+    m.d_model = 128
+    m.num_heads = 4
+    m.num_kv_heads = 0  # 0: same as num_heads (multi-head attention); fewer = grouped-query attention
+    m.head_dim = 0  # 0: d_model // num_heads
+    m.mlp_dim = 512
+    m.max_seq_len = 256  # position limit (size of the learned table; the longest context for RoPE)
+    m.norm = "rmsnorm"  # rmsnorm | layernorm
+    m.norm_eps = 1e-5
+    m.positions = "rope"  # rope | learned
+    m.rope_theta = 10000.0
+    m.mlp = "swiglu"  # swiglu | gelu
+    m.tie_embeddings = True
+    m.qk_norm = False
+    m.init_std = 0.02
+    m.dtype = "float32"  # compute dtype
+    m.param_dtype = "float32"
+    m.scan_layers = True
+    m.remat = "none"  # none | full | dots
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices left over by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = DEFAULT_RULES
+
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.num_cpu_devices = 0  # >0: split the host CPU into this many devices (tests, mesh rehearsal)
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 1000
+    t.global_batch = 32  # sequences per optimizer step, over all devices and micro-batches
+    t.seq_len = 128
+    t.grad_accum = 1  # micro-batches per step; each holds global_batch / grad_accum sequences
+    t.seed = 0
+    t.log_every = 50
+    t.eval_every = 0  # 0: evaluate only at the end
+    t.eval_batches = 8
+    t.z_loss = 0.0  # weight of log(Z)^2, keeps the softmax normaliser near 1
+
+    c.optimizer = o = ml_collections.ConfigDict()
+    o.lr = 1e-3
+    o.schedule = "cosine"  # cosine (warmup + cosine) | constant | linear | wsd (warmup-stable-decay)
+    o.warmup_steps = 100
+    o.min_lr_ratio = 0.1  # final lr as a fraction of lr (cosine, linear, wsd)
+    o.decay_fraction = 0.2  # wsd: the last fraction of steps that decays
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.1
+    o.decay_embeddings = False  # norms and biases are never decayed
+    o.clip_norm = 1.0  # global-norm clipping; 0 disables
+
+    c.data = d = ml_collections.ConfigDict()
+    d.corpus = "shakespeare"  # the built-in corpus
+    d.tokenizer = "byte"  # 256 bytes + special tokens
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.prompt = "ROMEO:\n"
+    s.max_new_tokens = 200
+    s.temperature = 0.8
+    s.seed = 0
+    return c

@@ -1,0 +1,108 @@
+"""Load a `get_config()` file and apply `--config.a.b=value` overrides with one-line errors.
+
+The syntax is the one ml_collections' `config_flags` uses (`--config=path.py:arg --config.a.b=v`); we parse it
+ourselves so that a typo names the full key and the closest real ones instead of raising a bare AttributeError.
+"""
+
+import ast
+import difflib
+import importlib.util
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A bad config. The message is one line that names the key and the fix."""
+
+
+def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        keys.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(_all_keys(v, prefix + k + "."))
+    return keys
+
+
+def _unknown_key(cfg: ml_collections.ConfigDict, key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "see llm_jax/config/base.py for every key"
+    return ConfigError(f"unknown config key '{key}' (from {source}); {hint}")
+
+
+def _coerce(old: Any, value: Any, key: str, source: str) -> Any:
+    """Convert `value` (a string from the command line, or a Python value) to the type of the default."""
+    if isinstance(value, str) and not isinstance(old, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if isinstance(old, bool) or old is None or isinstance(old, int | float | tuple):
+                raise ConfigError(
+                    f"config key '{key}' (from {source}) expects {type(old).__name__}, got {value!r}"
+                ) from None
+    if isinstance(old, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' (from {source}) expects true/false, got {value!r}")
+    if isinstance(old, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(old, tuple | list) and isinstance(value, tuple | list):
+        return tuple(value)
+    if isinstance(old, str) and isinstance(value, str):
+        return value
+    if old is None:
+        return value
+    raise ConfigError(
+        f"config key '{key}' (from {source}) expects {type(old).__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, source: str) -> None:
+    """Set a dotted key that must already exist, converting the value to the declared type."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+            raise _unknown_key(cfg, key, source)
+        node = node[p]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise _unknown_key(cfg, key, source)
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(f"config key '{key}' (from {source}) is a section; set one of its keys instead")
+    node[leaf] = _coerce(node[leaf], value, key, source)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any], source: str) -> None:
+    for key, value in overrides.items():
+        set_key(cfg, key, value, source)
+
+
+def load_module(path: str | pathlib.Path, what: str = "config file") -> Any:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' not found; pass e.g. --config=configs/train.py:model=tiny,topology=cpu")
+    spec = importlib.util.spec_from_file_location(f"_llm_jax_cfg_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """`spec` is `path.py` or `path.py:arg`; `overrides` are `a.b=value` strings (without `--config.`)."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file '{path}' has no get_config() function")
+    cfg = module.get_config(arg) if arg else module.get_config()
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"override '--config.{item}' has no value; write --config.{key}=VALUE")
+        set_key(cfg, key, value, f"--config.{key}")
+    return cfg

@@ -1,0 +1,43 @@
+"""Turn `model=NAME,topology=NAME` into a config: the base config with both presets applied."""
+
+import pathlib
+
+import ml_collections
+
+from llm_jax.config.base import base_config
+from llm_jax.config.load import ConfigError, apply_overrides, load_module
+
+DEFAULTS = {"model": "tiny", "topology": "cpu"}
+
+
+def parse_preset_arg(arg: str) -> dict[str, str]:
+    """'model=tiny,topology=cpu' -> {'model': 'tiny', 'topology': 'cpu'}, missing ones from DEFAULTS."""
+    chosen = dict(DEFAULTS)
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        kind, eq, name = item.partition("=")
+        if not eq or kind not in DEFAULTS:
+            raise ConfigError(
+                f"bad preset choice '{item}' after ':' in --config; write e.g. "
+                "--config=configs/train.py:model=tiny,topology=cpu"
+            )
+        chosen[kind] = name
+    return chosen
+
+
+def _preset(presets: dict, kind: str, name: str) -> dict:
+    if name not in presets:
+        raise ConfigError(f"unknown {kind} preset '{name}' in --config=...:{kind}={name}; "
+                          f"choose one of: {', '.join(sorted(presets))}")
+    return presets[name]
+
+
+def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.Path) -> ml_collections.ConfigDict:
+    chosen = parse_preset_arg(arg)
+    cfg = base_config()
+    model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])
+    apply_overrides(cfg, {f"model.{k}": v for k, v in model.items()}, f"model preset '{chosen['model']}'")
+    topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
+    apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
+    cfg.model_preset = chosen["model"]
+    cfg.topology_preset = chosen["topology"]
+    return cfg

@@ -1,0 +1,147 @@
+"""Check a config before anything compiles; every failure is one line naming the key and the fix."""
+
+import math
+
+import ml_collections
+
+from llm_jax.config.load import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+CHOICES = {
+    "model.norm": ("rmsnorm", "layernorm"),
+    "model.positions": ("rope", "learned"),
+    "model.mlp": ("swiglu", "gelu"),
+    "model.remat": ("none", "full", "dots"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "optimizer.schedule": ("cosine", "constant", "linear", "wsd"),
+    "data.corpus": ("shakespeare",),
+    "data.tokenizer": ("byte",),
+}
+POSITIVE = (
+    "model.num_layers", "model.d_model", "model.num_heads", "model.mlp_dim", "model.max_seq_len",
+    "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
+    "train.log_every", "train.eval_batches",
+)
+
+
+def _get(cfg: ml_collections.ConfigDict, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+    """The (data, fsdp, tensor) sizes with a `-1` axis filled in; their product must be the device count."""
+    sizes = [int(mesh[a]) for a in MESH_AXES]
+    named = ", ".join(f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes, strict=True))
+    if sizes.count(-1) > 1:
+        raise ConfigError(f"only one mesh axis may be -1, got {named}; set the others to explicit sizes")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"mesh axes must be positive or -1, got {named}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"{named} cannot fill {num_devices} devices: {num_devices} is not divisible by "
+                              f"{known}; change the explicit axes so their product divides {num_devices}")
+        sizes[sizes.index(-1)] = num_devices // known
+    elif known != num_devices:
+        raise ConfigError(f"mesh {named} has {known} devices but {num_devices} are available; make the product "
+                          f"{num_devices}, or set one axis to -1 to take the rest")
+    return tuple(sizes)
+
+
+def shards_of(cfg: ml_collections.ConfigDict, mesh_shape: tuple[int, ...], logical: str) -> tuple[int, str]:
+    """How many ways the first rule for `logical` splits it, and those mesh axes as config keys."""
+    sizes = dict(zip(MESH_AXES, mesh_shape, strict=True))
+    for name, target in cfg.sharding.rules:
+        if name == logical:
+            axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+            return math.prod(sizes[a] for a in axes), "*".join(f"mesh.{a}" for a in axes) or "nothing"
+    raise ConfigError(f"sharding.rules has no rule for logical axis '{logical}'; add ('{logical}', None) "
+                      "to replicate it or map it to a mesh axis")
+
+
+def finalize(cfg: ml_collections.ConfigDict, tokenizer_vocab: int) -> ml_collections.ConfigDict:
+    """A copy with the derived defaults (0 = 'derive me') filled in."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    m = cfg.model
+    if m.num_kv_heads == 0:
+        m.num_kv_heads = m.num_heads
+    if m.head_dim == 0 and m.num_heads > 0:
+        if m.d_model % m.num_heads:
+            raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
+                              "change one, or set model.head_dim explicitly")
+        m.head_dim = m.d_model // m.num_heads
+    if m.vocab_size == 0:
+        m.vocab_size = -(-tokenizer_vocab // m.vocab_multiple) * m.vocab_multiple
+    elif m.vocab_size < tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
+                          "tokens; raise it or set it to 0 to follow the tokenizer")
+    return cfg
+
+
+def _check_rules(rules) -> None:
+    for entry in rules:
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ConfigError(f"sharding.rules entry {entry!r} must be a (logical_axis, mesh_axes) pair")
+        target = entry[1]
+        axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+        for a in axes:
+            if a not in MESH_AXES:
+                raise ConfigError(f"sharding.rules maps '{entry[0]}' to unknown mesh axis '{a}'; "
+                                  f"use one of {', '.join(MESH_AXES)} or None")
+
+
+def _divides(cfg, mesh_shape, key: str, logical: str) -> None:
+    value = _get(cfg, key)
+    n, axes = shards_of(cfg, mesh_shape, logical)
+    if value % n:
+        raise ConfigError(f"{key}={value} is not divisible by {axes}={n} (the mesh axes that shard '{logical}'); "
+                          f"make {key} a multiple of {n} or shrink those mesh axes")
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> tuple[int, ...]:
+    """Raise ConfigError on the first problem; return the resolved mesh shape. `cfg` must be finalized."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+    _check_rules(cfg.sharding.rules)
+    mesh_shape = resolve_mesh_shape(cfg.mesh, num_devices)
+    m, t = cfg.model, cfg.train
+
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
+                          f"{m.num_kv_heads}; pick num_kv_heads that divides num_heads")
+    if m.positions == "rope" and m.head_dim % 2:
+        raise ConfigError(f"model.head_dim={m.head_dim} must be even for rope positions")
+    if t.seq_len > m.max_seq_len:
+        raise ConfigError(f"train.seq_len={t.seq_len} is above the position limit model.max_seq_len="
+                          f"{m.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
+    if t.global_batch % t.grad_accum:
+        raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by train.grad_accum="
+                          f"{t.grad_accum}; each micro-batch must hold the same number of sequences")
+    micro = t.global_batch // t.grad_accum
+    n, axes = shards_of(cfg, mesh_shape, "batch")
+    if micro % n:
+        raise ConfigError(f"train.global_batch={t.global_batch} (micro-batch {micro} with train.grad_accum="
+                          f"{t.grad_accum}) is not divisible by {axes}={n}, the axes that shard the batch; "
+                          f"make the micro-batch a multiple of {n}")
+    if t.global_batch % process_count:
+        raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by the {process_count} processes")
+    _divides(cfg, mesh_shape, "model.num_heads", "heads")
+    _divides(cfg, mesh_shape, "model.num_kv_heads", "kv_heads")
+    _divides(cfg, mesh_shape, "model.mlp_dim", "mlp")
+    _divides(cfg, mesh_shape, "model.vocab_size", "vocab")
+    _divides(cfg, mesh_shape, "model.d_model", "embed")
+    if cfg.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    if not 0 <= cfg.optimizer.min_lr_ratio <= 1:
+        raise ConfigError(f"optimizer.min_lr_ratio={cfg.optimizer.min_lr_ratio} must be in [0, 1]")
+    if cfg.optimizer.warmup_steps < 0 or cfg.optimizer.warmup_steps > t.steps:
+        raise ConfigError(f"optimizer.warmup_steps={cfg.optimizer.warmup_steps} must be in [0, train.steps]")
+    return mesh_shape

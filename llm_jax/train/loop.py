@@ -1,0 +1,145 @@
+"""The training loop: set up from a config, step, log, evaluate, sample.
+
+The loop dispatches step N before it fetches step N-1's metrics, so the host never waits on the device except
+to read numbers that are already computed.
+"""
+
+import dataclasses
+import math
+import pathlib
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from llm_jax.config.validate import finalize, validate
+from llm_jax.data.pipeline import Data, make_data
+from llm_jax.data.tokenizer import make_tokenizer
+from llm_jax.models import build_model
+from llm_jax.monitor.writers import Writers, format_duration
+from llm_jax.parallel.mesh import make_mesh
+from llm_jax.parallel.sharding import batch_sharding, replicated, to_global
+from llm_jax.train.optimizer import make_optimizer
+from llm_jax.train.sample import generate
+from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
+from llm_jax.train.step import eval_step, train_step
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class Result:
+    train_losses: list[float]
+    eval_loss: float
+    unigram_loss: float
+    sample: str
+    compile_s: float
+    tokens_per_s: float
+
+
+def prepare(cfg: ml_collections.ConfigDict):
+    """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
+    and model, and check that every parameter has a sharding rule that divides it."""
+    tokenizer = make_tokenizer(cfg.data.tokenizer)
+    cfg = finalize(cfg, tokenizer.vocab_size)
+    mesh = make_mesh(validate(cfg, jax.device_count(), jax.process_count()))
+    model = build_model(cfg.model)
+    param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
+    return cfg, mesh, model
+
+
+def evaluate(jit_eval, state: TrainState, data: Data, num_batches: int, sharding) -> float:
+    """Mean loss per token over the first `num_batches` validation batches: the same batches every time."""
+    totals = [jit_eval(state, to_global(data.eval.batch_at(i), sharding)) for i in range(num_batches)]
+    totals = jax.device_get(totals)
+    return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Result:
+    workdir = pathlib.Path(workdir)
+    cfg, mesh, model = prepare(cfg)
+    t = cfg.train
+    writers = Writers(workdir)
+    if writers.enabled:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    writers.print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} | mesh "
+                  f"{dict(mesh.shape)} | model preset '{cfg.model_preset}'")
+
+    data = make_data(cfg, jax.process_index(), jax.process_count())
+    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
+    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule)
+    rules = tuple(tuple(r) for r in cfg.sharding.rules)
+    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    writers.print(f"parameters: {n_params / 1e6:.2f}M | tokens per step: {t.global_batch * t.seq_len:,} | "
+                  f"unigram baseline loss: {data.unigram_loss:.4f}")
+
+    batch_sh = batch_sharding(mesh, rules)
+    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
+                        donate_argnums=0)
+    jit_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated(mesh))
+
+    tokens_per_step = t.global_batch * t.seq_len
+    losses: list[float] = []
+    start = time.perf_counter()
+    compile_s, window_start, window_steps, tokens_per_s = 0.0, start, 0, 0.0
+
+    def handle(step: int, metrics: dict) -> None:
+        nonlocal compile_s, window_start, window_steps, tokens_per_s
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(metrics["loss"]):
+            raise DivergedError(f"loss is {metrics['loss']} at step {step}; lower optimizer.lr, raise "
+                                   "optimizer.warmup_steps or enable train.z_loss")
+        losses.append(metrics["loss"])
+        now = time.perf_counter()
+        if step == 0:  # the first step includes compilation: keep it out of throughput
+            compile_s, window_start = now - start, now
+            writers.print(f"step 0 (with compile): {compile_s:.1f}s | loss {metrics['loss']:.4f}")
+            return
+        window_steps += 1
+        if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
+            step_s = (now - window_start) / window_steps
+            tokens_per_s = tokens_per_step / step_s
+            metrics.update(tokens_per_s=tokens_per_s, steps_per_s=1 / step_s, step_time_s=step_s)
+            writers.scalars(step + 1, metrics)
+            writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                          f"grad norm {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | "
+                          f"ETA {format_duration(step_s * (t.steps - step - 1))}")
+            window_start, window_steps = now, 0
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        pending = None
+        for step in range(t.steps):
+            batch = to_global(data.train.batch_at(step), batch_sh)
+            state, metrics = jit_train(state, batch)
+            if pending is not None:
+                handle(*pending)
+            pending = (step, metrics)
+            if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+                handle(*pending)
+                pending = None
+                eval_loss = evaluate(jit_eval, state, data, t.eval_batches, batch_sh)
+                writers.scalars(step + 1, {"loss": eval_loss}, prefix="eval_")
+                writers.print(f"eval at step {step + 1}: loss {eval_loss:.4f}")
+        handle(*pending)
+        eval_loss = evaluate(jit_eval, state, data, t.eval_batches, batch_sh)
+    writers.scalars(t.steps, {"loss": eval_loss, "perplexity": math.exp(eval_loss)}, prefix="eval_")
+
+    s = cfg.sample
+    new_ids = generate(model, state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
+                       s.temperature, s.seed)[0]
+    sample = s.prompt + data.tokenizer.decode(new_ids)
+    writers.text(t.steps, "samples", sample)
+    if writers.enabled:
+        (workdir / "samples.txt").write_text(sample + "\n")
+    writers.print(f"\nvalidation loss {eval_loss:.4f} (perplexity {math.exp(eval_loss):.2f}) | unigram baseline "
+                  f"{data.unigram_loss:.4f} | {tokens_per_s:,.0f} tok/s\n--- sample ---\n{sample}\n--------------")
+    writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | "
+                  f"tensorboard --logdir={workdir / 'tensorboard'}")
+    writers.close()
+    return Result(losses, eval_loss, data.unigram_loss, sample, compile_s, tokens_per_s)
+

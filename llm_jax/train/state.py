@@ -1,0 +1,73 @@
+"""The train state and its sharded creation. With models/, the only place that knows Flax.
+
+The state is built abstractly first (`eval_shape`), its shardings are derived from the parameters' logical
+axes, and only then is it initialised by a jit with those out_shardings: no array ever lives whole on one device.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from llm_jax.parallel.sharding import Rules, check_rules_cover, logical_shardings, replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """The train step's static settings (hashable, part of the state's tree structure)."""
+
+    z_loss: float = 0.0
+    grad_accum: int = 1
+    schedule: Callable | None = None  # for logging the learning rate of each step
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    options: StepOptions = struct.field(pytree_node=False)
+
+
+def _dummy_inputs(seq_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    return tokens, jnp.ones_like(tokens), jnp.arange(seq_len, dtype=jnp.int32)[None]
+
+
+def abstract_params(model: nn.Module, seq_len: int) -> Any:
+    """Parameter shapes and logical axes (nn.Partitioned leaves) without allocating anything."""
+    return jax.eval_shape(lambda rng: model.init(rng, *_dummy_inputs(seq_len))["params"], jax.random.key(0))
+
+
+def param_shardings(model: nn.Module, seq_len: int, mesh: Mesh, rules: Rules) -> Any:
+    boxed = abstract_params(model, seq_len)
+    check_rules_cover(boxed, rules)
+    return logical_shardings(boxed, mesh, rules)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, options: StepOptions, seed: int,
+                       seq_len: int, mesh: Mesh, rules: Rules) -> tuple[TrainState, TrainState]:
+    """A freshly initialised, sharded TrainState, and the matching tree of shardings."""
+    params_sh = param_shardings(model, seq_len, mesh, rules)
+
+    def init(rng: jax.Array) -> TrainState:
+        params = nn.unbox(model.init(rng, *_dummy_inputs(seq_len))["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          model=model, tx=tx, options=options)
+
+    rng = jax.random.key(seed)
+    abstract = jax.eval_shape(init, rng)
+    # Optimizer moments mirror the parameters' shardings; scalars (step counts) are replicated.
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params_sh,
+                                   transform_non_params=lambda _: replicated(mesh))
+    shardings = abstract.replace(step=replicated(mesh), params=params_sh, opt_state=opt_sh)
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    return state, shardings
