@@ -41,12 +41,13 @@ class Result:
     tokens_per_s: float
 
 
-def prepare(cfg: ml_collections.ConfigDict):
+def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None):
     """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
     and model, and check that every parameter has a sharding rule that divides it."""
     tokenizer = make_tokenizer(cfg.data.tokenizer)
     cfg = finalize(cfg, tokenizer.vocab_size)
-    mesh = make_mesh(validate(cfg, jax.device_count(), jax.process_count()))
+    num_devices = len(devices) if devices is not None else jax.device_count()
+    mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
     model = build_model(cfg.model)
     param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
     return cfg, mesh, model
@@ -59,14 +60,15 @@ def evaluate(jit_eval, state: TrainState, data: Data, num_batches: int, sharding
     return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Result:
+def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
+    """Train from scratch as `cfg` says, on `devices` (default: all)."""
     workdir = pathlib.Path(workdir)
-    cfg, mesh, model = prepare(cfg)
+    cfg, mesh, model = prepare(cfg, devices)
     t = cfg.train
     writers = Writers(workdir)
     if writers.enabled:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    writers.print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} | mesh "
+    writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh "
                   f"{dict(mesh.shape)} | model preset '{cfg.model_preset}'")
 
     data = make_data(cfg, jax.process_index(), jax.process_count())

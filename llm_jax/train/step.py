@@ -64,9 +64,9 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     metrics = {
         "loss": ce_sum / total_tokens,
         "z_loss": z_sum / total_tokens,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
-        "update_norm": optax.global_norm(updates),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "update_norm": optax.tree.norm(updates),
         "tokens": total_tokens,
     }
     if state.options.schedule is not None:

@@ -1,0 +1,54 @@
+"""The `llm-jax` command end to end, in a subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, TRAIN_CONFIG
+
+SMALL = ["--config.model.num_layers=2", "--config.model.d_model=64", "--config.model.mlp_dim=128",
+         "--config.train.seq_len=32", "--config.train.global_batch=8", "--config.train.eval_batches=2",
+         "--config.optimizer.warmup_steps=2", "--config.sample.max_new_tokens=16"]
+
+
+def llm_jax(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI must set up devices itself
+    return subprocess.run([sys.executable, "-m", "llm_jax", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_subcommands():
+    out = llm_jax("--help")
+    assert out.returncode == 0
+    assert "train" in out.stdout and "usage: llm-jax" in out.stdout
+
+
+def test_train_on_a_2x2x2_mesh_end_to_end(tmp_path):
+    out = llm_jax("train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu_8dev", f"--workdir={tmp_path}",
+                  "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                  "--config.train.steps=6", "--config.train.log_every=2", *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out.stdout
+    assert "step 6/6 | loss" in out.stdout and "tok/s" in out.stdout and "ETA" in out.stdout
+    assert "unigram baseline" in out.stdout and "--- sample ---" in out.stdout
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens"):
+        assert all(key in r for r in train), key
+    assert train[0]["tokens_per_s"] > 0
+    evals = [r for r in records if "eval_loss" in r]
+    assert len(evals) == 1 and evals[0]["step"] == 6 and 0 < evals[0]["eval_loss"] < 10
+    assert (tmp_path / "samples.txt").read_text().startswith("ROMEO:\n")
+    assert json.loads((tmp_path / "config.json").read_text())["mesh"]["tensor"] == 2
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    out = llm_jax("train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", f"--workdir={tmp_path}",
+                  "--config.train.steps=20", "--config.optimizer.lr=1e30", "--config.optimizer.clip_norm=0.0",
+                  *[a for a in SMALL if "warmup" not in a], "--config.optimizer.warmup_steps=0")
+    assert out.returncode == 1
+    assert "error: loss is nan at step" in out.stderr or "error: loss is inf at step" in out.stderr, out.stderr

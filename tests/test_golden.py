@@ -1,0 +1,38 @@
+"""Golden values: the first two losses of a fixed tiny config, on one device.
+
+A change to the model, initialisation, optimizer or data order moves these numbers. If the change is intended,
+regenerate them with `.venv/bin/python -m tests.test_golden` and paste the printed values below.
+"""
+
+import jax
+import numpy as np
+
+from llm_jax.train import loop
+
+GOLDEN_LOSSES = [5.7785625458, 5.7444486618]
+
+
+def golden_run(workdir) -> list[float]:
+    from tests.conftest import small_config
+
+    cfg = small_config()
+    cfg.mesh.data = 1
+    cfg.train.steps = 2
+    return loop.train(cfg, workdir, devices=jax.devices()[:1]).train_losses
+
+
+def test_golden_one_step(tmp_path):
+    losses = golden_run(tmp_path)
+    np.testing.assert_allclose(
+        losses, GOLDEN_LOSSES, rtol=2e-5,
+        err_msg="golden losses changed; if intended, run `.venv/bin/python -m tests.test_golden` and update "
+                "GOLDEN_LOSSES in tests/test_golden.py")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    import tests.conftest  # noqa: F401  (8 CPU devices, as in the test)
+
+    with tempfile.TemporaryDirectory() as d:
+        print("GOLDEN_LOSSES = [" + ", ".join(f"{v:.10f}" for v in golden_run(d)) + "]")
