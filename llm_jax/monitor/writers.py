@@ -5,6 +5,7 @@ Only process 0 writes; the others get writers that do nothing, so callers never 
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -18,12 +19,32 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tensorboard")
+
+
+def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
+    """A fresh run in a used workdir moves the old run's files to previous_runs/N instead of mixing or losing them."""
+    present = [workdir / f for f in RUN_FILES if (workdir / f).exists()]
+    if not present:
+        return None
+    n = 1
+    while (workdir / "previous_runs" / str(n)).exists():
+        n += 1
+    dest = workdir / "previous_runs" / str(n)
+    dest.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), str(dest / path.name))
+    return dest
+
+
 class Writers:
     def __init__(self, workdir: pathlib.Path, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
         self._jsonl = self._tb = None
+        self.archived = None
         if self.enabled:
+            self.archived = archive_previous_run(workdir)
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
 
             workdir.mkdir(parents=True, exist_ok=True)

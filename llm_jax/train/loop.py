@@ -66,6 +66,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     cfg, mesh, model = prepare(cfg, devices)
     t = cfg.train
     writers = Writers(workdir)
+    if writers.archived:
+        writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
     if writers.enabled:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh "
