@@ -7,6 +7,7 @@ from llm_jax.config import ConfigError, load_config
 
 COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
+    "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
 }
 
 
@@ -38,7 +39,24 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": _train}
+def _bench(argv: list[str]) -> int:
+    overrides, rest = _split_config_args(argv)
+    parser = argparse.ArgumentParser(prog="llm-jax bench", description=COMMANDS["bench"])
+    parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    args = parser.parse_args(rest)
+
+    from llm_jax.parallel.runtime import init_runtime
+    from llm_jax.train.bench import bench
+
+    cfg = load_config(args.config, overrides)
+    init_runtime(cfg)
+    bench(cfg, steps=args.steps, warmup=args.warmup)
+    return 0
+
+
+HANDLERS = {"train": _train, "bench": _bench}
 
 
 def _usage() -> str:

@@ -12,19 +12,12 @@ import time
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 
-from llm_jax.config.validate import finalize, validate
-from llm_jax.data.pipeline import Data, make_data
-from llm_jax.data.tokenizer import make_tokenizer
-from llm_jax.models import build_model
 from llm_jax.monitor.writers import Writers, format_duration
-from llm_jax.parallel.mesh import make_mesh
-from llm_jax.parallel.sharding import batch_sharding, replicated, to_global
-from llm_jax.train.optimizer import make_optimizer
+from llm_jax.parallel.sharding import to_global
 from llm_jax.train.sample import generate
-from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
-from llm_jax.train.step import eval_step, train_step
+from llm_jax.train.setup import Run, build_run
+from llm_jax.train.state import TrainState
 
 
 class DivergedError(RuntimeError):
@@ -41,21 +34,10 @@ class Result:
     tokens_per_s: float
 
 
-def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None):
-    """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
-    and model, and check that every parameter has a sharding rule that divides it."""
-    tokenizer = make_tokenizer(cfg.data.tokenizer)
-    cfg = finalize(cfg, tokenizer.vocab_size)
-    num_devices = len(devices) if devices is not None else jax.device_count()
-    mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
-    model = build_model(cfg.model)
-    param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
-    return cfg, mesh, model
-
-
-def evaluate(jit_eval, state: TrainState, data: Data, num_batches: int, sharding) -> float:
-    """Mean loss per token over the first `num_batches` validation batches: the same batches every time."""
-    totals = [jit_eval(state, to_global(data.eval.batch_at(i), sharding)) for i in range(num_batches)]
+def evaluate(run: Run, state: TrainState) -> float:
+    """Mean loss per token over the first `train.eval_batches` validation batches: the same batches every time."""
+    totals = [run.jit_eval(state, to_global(run.data.eval.batch_at(i), run.batch_sharding))
+              for i in range(run.cfg.train.eval_batches)]
     totals = jax.device_get(totals)
     return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
 
@@ -63,29 +45,17 @@ def evaluate(jit_eval, state: TrainState, data: Data, num_batches: int, sharding
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
     """Train from scratch as `cfg` says, on `devices` (default: all)."""
     workdir = pathlib.Path(workdir)
-    cfg, mesh, model = prepare(cfg, devices)
-    t = cfg.train
+    run = build_run(cfg, devices)
+    cfg, mesh, data, state, t = run.cfg, run.mesh, run.data, run.state, run.cfg.train
     writers = Writers(workdir)
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
     if writers.enabled:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh "
-                  f"{dict(mesh.shape)} | model preset '{cfg.model_preset}'")
-
-    data = make_data(cfg, jax.process_index(), jax.process_count())
-    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
-    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule)
-    rules = tuple(tuple(r) for r in cfg.sharding.rules)
-    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    writers.print(f"parameters: {n_params / 1e6:.2f}M | tokens per step: {t.global_batch * t.seq_len:,} | "
-                  f"unigram baseline loss: {data.unigram_loss:.4f}")
-
-    batch_sh = batch_sharding(mesh, rules)
-    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
-                        donate_argnums=0)
-    jit_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated(mesh))
+    writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
+                  f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
+    writers.print(f"tokens per step: {t.global_batch * t.seq_len:,} | unigram baseline loss: "
+                  f"{data.unigram_loss:.4f}")
 
     tokens_per_step = t.global_batch * t.seq_len
     losses: list[float] = []
@@ -115,26 +85,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                           f"ETA {format_duration(step_s * (t.steps - step - 1))}")
             window_start, window_steps = now, 0
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
         pending = None
         for step in range(t.steps):
-            batch = to_global(data.train.batch_at(step), batch_sh)
-            state, metrics = jit_train(state, batch)
+            batch = to_global(data.train.batch_at(step), run.batch_sharding)
+            state, metrics = run.jit_train(state, batch)
             if pending is not None:
                 handle(*pending)
             pending = (step, metrics)
             if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
                 handle(*pending)
                 pending = None
-                eval_loss = evaluate(jit_eval, state, data, t.eval_batches, batch_sh)
+                eval_loss = evaluate(run, state)
                 writers.scalars(step + 1, {"loss": eval_loss}, prefix="eval_")
                 writers.print(f"eval at step {step + 1}: loss {eval_loss:.4f}")
         handle(*pending)
-        eval_loss = evaluate(jit_eval, state, data, t.eval_batches, batch_sh)
+        eval_loss = evaluate(run, state)
     writers.scalars(t.steps, {"loss": eval_loss, "perplexity": math.exp(eval_loss)}, prefix="eval_")
 
     s = cfg.sample
-    new_ids = generate(model, state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
+    new_ids = generate(state.model, state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
                        s.temperature, s.seed)[0]
     sample = s.prompt + data.tokenizer.decode(new_ids)
     writers.text(t.steps, "samples", sample)

@@ -1,0 +1,63 @@
+"""`llm-jax bench`: time the real train step (the `llm-jax train` code path) and report MFU.
+
+MFU = achieved model FLOP/s / peak FLOP/s, with the peak of a large matmul in the compute dtype measured in this
+same process (CPU speeds vary from machine to machine and minute to minute; only a same-run peak is fair).
+"""
+
+import json
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from llm_jax.monitor.flops import flops_per_token, measure_matmul_peak
+from llm_jax.parallel.sharding import to_global
+from llm_jax.train.setup import build_run
+
+
+def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print_fn=print) -> dict:
+    run = build_run(cfg)
+    t = run.cfg.train
+    tokens_per_step = t.global_batch * t.seq_len
+    state = run.state
+    batches = [to_global(run.data.train.batch_at(i), run.batch_sharding) for i in range(warmup + steps)]
+    print_fn(f"model preset '{run.cfg.model_preset}': {run.num_params / 1e6:.1f}M parameters, "
+             f"batch {t.global_batch} x {t.seq_len} tokens, {run.mesh.size} device(s) {dict(run.mesh.shape)}")
+
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        start = time.perf_counter()
+        compiled = run.jit_train.lower(state, batches[0]).compile()
+        compile_s = time.perf_counter() - start
+        times = []
+        for i, batch in enumerate(batches):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+
+    # Peak per device, measured after the steps so that both see the same machine state; scaled to the mesh.
+    peak = measure_matmul_peak(run.cfg.model.dtype) * run.mesh.size
+    step_s = statistics.mean(times)
+    fpt = flops_per_token(run.cfg.model, t.seq_len)
+    achieved = fpt * tokens_per_step / step_s
+    result = {
+        "tokens_per_s": tokens_per_step / step_s,
+        "step_time_s": step_s,
+        "step_time_std_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "compile_s": compile_s,
+        "flops_per_token": fpt,
+        "achieved_gflops": achieved / 1e9,
+        "peak_gflops": peak / 1e9,
+        "mfu": achieved / peak,
+        "loss": float(metrics["loss"]),
+    }
+    print_fn(f"compile {compile_s:.1f}s | step {step_s * 1e3:.1f} ms ± {result['step_time_std_s'] * 1e3:.1f} "
+             f"(over {steps} steps after {warmup} warm-up) | {result['tokens_per_s']:,.0f} tokens/s")
+    print_fn(f"model FLOPs/token {fpt / 1e6:.1f}M | achieved {achieved / 1e9:.1f} GFLOP/s | matmul peak "
+             f"({run.cfg.model.dtype}, measured now) {peak / 1e9:.1f} GFLOP/s | MFU {result['mfu']:.1%}")
+    print_fn(json.dumps({k: result[k] for k in ("tokens_per_s", "step_time_s", "compile_s", "flops_per_token",
+                                                  "mfu", "peak_gflops")}))
+    return result

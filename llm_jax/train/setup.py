@@ -1,0 +1,66 @@
+"""From a config to everything a run needs: checked config, mesh, model, data, sharded state, jitted steps.
+
+`llm-jax train` and `llm-jax bench` both start here, so a benchmark measures exactly the training code path.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from llm_jax.config.validate import finalize, validate
+from llm_jax.data.pipeline import Data, make_data
+from llm_jax.data.tokenizer import make_tokenizer
+from llm_jax.models import build_model
+from llm_jax.parallel.mesh import make_mesh
+from llm_jax.parallel.sharding import batch_sharding, replicated
+from llm_jax.train.optimizer import make_optimizer
+from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
+from llm_jax.train.step import eval_step, train_step
+
+
+def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> tuple[ml_collections.ConfigDict, Mesh,
+                                                                                  nn.Module]:
+    """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
+    and model, and check that every parameter has a sharding rule that divides it."""
+    tokenizer = make_tokenizer(cfg.data.tokenizer)
+    cfg = finalize(cfg, tokenizer.vocab_size)
+    num_devices = len(devices) if devices is not None else jax.device_count()
+    mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
+    model = build_model(cfg.model)
+    param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
+    return cfg, mesh, model
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: ml_collections.ConfigDict  # finalized
+    mesh: Mesh
+    rules: tuple
+    data: Data
+    state: TrainState
+    batch_sharding: NamedSharding
+    jit_train: jax.stages.Wrapped  # (state, batch) -> (state, metrics), state donated
+    jit_eval: jax.stages.Wrapped  # (state, batch) -> {loss_sum, tokens}
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
+
+
+def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
+    cfg, mesh, model = prepare(cfg, devices)
+    t = cfg.train
+    data = make_data(cfg, jax.process_index(), jax.process_count())
+    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
+    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule)
+    rules = tuple(tuple(r) for r in cfg.sharding.rules)
+    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules)
+    batch_sh = batch_sharding(mesh, rules)
+    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
+                        donate_argnums=0)
+    jit_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated(mesh))
+    return Run(cfg, mesh, rules, data, state, batch_sh, jit_train, jit_eval)
