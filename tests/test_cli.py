@@ -52,3 +52,27 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
                   *[a for a in SMALL if "warmup" not in a], "--config.optimizer.warmup_steps=0")
     assert out.returncode == 1
     assert "error: loss is nan at step" in out.stderr or "error: loss is inf at step" in out.stderr, out.stderr
+
+
+def test_bench_prints_figures_and_a_json_last_line():
+    out = llm_jax("bench", f"--config={TRAIN_CONFIG}:model=nano,topology=cpu", "--steps=2", "--warmup=1",
+                  "--config.train.seq_len=32", "--config.train.global_batch=4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) == {"tokens_per_s", "step_time_s", "compile_s", "flops_per_token", "mfu", "peak_gflops"}
+    assert 0 < result["mfu"] <= 1 and result["tokens_per_s"] > 0 and result["peak_gflops"] > 0
+    # nano: 4 layers, width 128, MLP 512 (GELU), vocab 320, 4 heads x 32: 6 N + 12 L H K T
+    n_matmul = 4 * (128 * 32 * 16 + 2 * 128 * 512) + 128 * 320
+    assert result["flops_per_token"] == 6 * n_matmul + 12 * 4 * 4 * 32 * 32
+
+
+def test_second_run_in_a_workdir_keeps_the_first(tmp_path):
+    args = ["train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", f"--workdir={tmp_path}",
+            "--config.train.steps=2", *SMALL]
+    assert llm_jax(*args).returncode == 0
+    first = (tmp_path / "metrics.jsonl").read_text()
+    out = llm_jax(*args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "moved its files to" in out.stdout
+    assert (tmp_path / "previous_runs" / "1" / "metrics.jsonl").read_text() == first
+    assert (tmp_path / "metrics.jsonl").exists()
