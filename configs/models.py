@@ -1,4 +1,8 @@
-"""Model presets, picked with `--config=configs/train.py:model=NAME`. Each changes keys of `config.model`."""
+"""Model presets, picked with `--config=configs/train.py:model=NAME`.
+
+Plain names change keys of `config.model`; dotted names ("train.seq_len") set the run settings the preset is
+meant for. Command-line `--config.a.b=v` overrides win over both.
+"""
 
 PRESETS = {
     # The CPU demo: a character-level model that learns Shakespeare's spelling and verse layout in minutes.
@@ -10,6 +14,7 @@ PRESETS = {
     "nano": dict(
         num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_seq_len=64,
         norm="layernorm", positions="learned", mlp="gelu", tie_embeddings=True,
+        **{"train.seq_len": 64, "train.global_batch": 12},
     ),
     # GPT-2 small (124M): learned positions, LayerNorm, GELU, tied embeddings, GPT-2's vocab padded to 50304.
     "gpt2_small": dict(

@@ -35,6 +35,8 @@ def _unknown_key(cfg: ml_collections.ConfigDict, key: str, source: str) -> Confi
 
 def _coerce(old: Any, value: Any, key: str, source: str) -> Any:
     """Convert `value` (a string from the command line, or a Python value) to the type of the default."""
+    if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
     if isinstance(value, str) and not isinstance(old, str):
         try:
             value = ast.literal_eval(value)

@@ -35,7 +35,9 @@ def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.P
     chosen = parse_preset_arg(arg)
     cfg = base_config()
     model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])
-    apply_overrides(cfg, {f"model.{k}": v for k, v in model.items()}, f"model preset '{chosen['model']}'")
+    # Plain names are model keys; dotted ones (e.g. "train.seq_len") are a preset's recommended run settings.
+    model = {k if "." in k else f"model.{k}": v for k, v in model.items()}
+    apply_overrides(cfg, model, f"model preset '{chosen['model']}'")
     topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
     apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
     cfg.model_preset = chosen["model"]

@@ -19,7 +19,8 @@ CHOICES = {
     "data.tokenizer": ("byte",),
 }
 POSITIVE = (
-    "model.num_layers", "model.d_model", "model.num_heads", "model.mlp_dim", "model.max_seq_len",
+    "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
+    "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
     "train.log_every", "train.eval_batches",
 )
@@ -142,6 +143,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
     if not 0 <= cfg.optimizer.min_lr_ratio <= 1:
         raise ConfigError(f"optimizer.min_lr_ratio={cfg.optimizer.min_lr_ratio} must be in [0, 1]")
+    if not 0 < cfg.optimizer.decay_fraction <= 1:
+        raise ConfigError(f"optimizer.decay_fraction={cfg.optimizer.decay_fraction} must be in (0, 1]")
+    if t.z_loss < 0:
+        raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0")
     if cfg.optimizer.warmup_steps < 0 or cfg.optimizer.warmup_steps > t.steps:
         raise ConfigError(f"optimizer.warmup_steps={cfg.optimizer.warmup_steps} must be in [0, train.steps]")
     return mesh_shape

@@ -20,7 +20,9 @@ class ByteTokenizer:
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids, dtype=np.int64)
-        data = bytes((ids[ids >= self.offset] - self.offset).astype(np.uint8).tolist())
+        # Special tokens and the model's padded-vocab ids (>= vocab_size) are not text: drop them.
+        ids = ids[(ids >= self.offset) & (ids < self.vocab_size)]
+        data = bytes((ids - self.offset).astype(np.uint8).tolist())
         return data.decode("utf-8", errors="replace")
 
     def identity(self) -> dict:

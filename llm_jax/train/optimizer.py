@@ -20,7 +20,7 @@ def make_schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, floor, steps - warmup)], [warmup])
     if opt.schedule == "wsd":  # warmup, hold the peak, then decay linearly over the last decay_fraction
-        decay = max(1, int(steps * opt.decay_fraction))
+        decay = max(1, min(int(steps * opt.decay_fraction), steps - warmup))
         stable = max(0, steps - warmup - decay)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),
