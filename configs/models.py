@@ -7,7 +7,7 @@ meant for. Command-line `--config.a.b=v` overrides win over both.
 PRESETS = {
     # The CPU demo: a character-level model that learns Shakespeare's spelling and verse layout in minutes.
     "tiny": dict(
-        num_layers=4, d_model=256, num_heads=4, mlp_dim=768, max_seq_len=256,
+        num_layers=4, d_model=128, num_heads=4, mlp_dim=384, max_seq_len=256,
         norm="rmsnorm", positions="rope", mlp="swiglu",
     ),
     # The small throughput workload: nanoGPT's character-level shape.

@@ -61,20 +61,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.num_cpu_devices = 0  # >0: split the host CPU into this many devices (tests, mesh rehearsal)
 
     c.train = t = ml_collections.ConfigDict()
-    t.steps = 1000
-    t.global_batch = 32  # sequences per optimizer step, over all devices and micro-batches
+    t.steps = 800
+    t.global_batch = 16  # sequences per optimizer step, over all devices and micro-batches
     t.seq_len = 128
     t.grad_accum = 1  # micro-batches per step; each holds global_batch / grad_accum sequences
     t.seed = 0
-    t.log_every = 50
+    t.log_every = 100
     t.eval_every = 0  # 0: evaluate only at the end
     t.eval_batches = 8
     t.z_loss = 0.0  # weight of log(Z)^2, keeps the softmax normaliser near 1
 
     c.optimizer = o = ml_collections.ConfigDict()
-    o.lr = 1e-3
+    o.lr = 2e-3
     o.schedule = "cosine"  # cosine (warmup + cosine) | constant | linear | wsd (warmup-stable-decay)
-    o.warmup_steps = 100
+    o.warmup_steps = 50
     o.min_lr_ratio = 0.1  # final lr as a fraction of lr (cosine, linear, wsd)
     o.decay_fraction = 0.2  # wsd: the last fraction of steps that decays
     o.b1 = 0.9
@@ -91,6 +91,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"
     s.max_new_tokens = 200
-    s.temperature = 0.8
+    s.temperature = 0.7
     s.seed = 0
     return c
