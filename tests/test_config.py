@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax
 import pytest
 
-from llm_jax.config import ConfigError, load_config, validate
+from llm_jax.config import ConfigError, base_config, load_config, validate
+from llm_jax.config.load import load_module
 from llm_jax.config.validate import finalize
 from llm_jax.data.tokenizer import ByteTokenizer
 from llm_jax.models import build_model
@@ -49,7 +50,11 @@ def test_presets_and_overrides_are_applied():
     assert cfg.optimizer.lr == pytest.approx(3e-4)
     assert cfg.model.qk_norm is True
     assert cfg.model.rope_theta == 20000.0 and isinstance(cfg.model.rope_theta, float)
-    assert cfg.model.d_model == 256  # from the 'tiny' preset, not the base default (128)
+    # Every key of the preset reached the config (gpt2_small differs from the base defaults in many keys).
+    gpt2 = _load(model="gpt2_small")
+    for key, value in load_module(REPO / "configs" / "models.py").PRESETS["gpt2_small"].items():
+        assert gpt2.model[key] == value, key
+    assert gpt2.model.d_model != base_config().model.d_model
     assert (cfg.model_preset, cfg.topology_preset) == ("tiny", "cpu")
 
 
