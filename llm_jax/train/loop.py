@@ -63,16 +63,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     compile_s, window_start, window_steps, tokens_per_s = 0.0, start, 0, 0.0
 
     def handle(step: int, metrics: dict) -> None:
+        """Check and log the metrics of the step with index `step`; records and messages count from 1."""
         nonlocal compile_s, window_start, window_steps, tokens_per_s
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(metrics["loss"]):
-            raise DivergedError(f"loss is {metrics['loss']} at step {step}; lower optimizer.lr, raise "
-                                   "optimizer.warmup_steps or enable train.z_loss")
+            raise DivergedError(f"loss is {metrics['loss']} at step {step + 1}; lower optimizer.lr, raise "
+                                "optimizer.warmup_steps or enable train.z_loss")
         losses.append(metrics["loss"])
         now = time.perf_counter()
-        if step == 0:  # the first step includes compilation: keep it out of throughput
+        if step == 0:  # the first step includes compilation: log it, but keep it out of throughput
             compile_s, window_start = now - start, now
-            writers.print(f"step 0 (with compile): {compile_s:.1f}s | loss {metrics['loss']:.4f}")
+            writers.scalars(1, {**metrics, "compile_s": compile_s})
+            writers.print(f"step 1/{t.steps} | loss {metrics['loss']:.4f} | compile + first step {compile_s:.1f}s")
             return
         window_steps += 1
         if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
