@@ -57,6 +57,13 @@ def test_no_warmup_starts_at_peak(name):
     assert float(s(1)) <= float(s(0))
 
 
+@pytest.mark.parametrize("name", ["cosine", "constant", "linear", "wsd"])
+def test_warmup_longer_than_the_run_just_warms_up(name):
+    # A 5-step smoke run with the default warmup: the lr rises linearly for the whole run.
+    s = make_schedule(_opt(schedule=name, warmup_steps=50), 5)
+    _close(_values(s, range(5)), PEAK * np.arange(5) / 50)
+
+
 def test_cosine():
     s = make_schedule(_opt(schedule="cosine"), STEPS)
     after = _values(s, range(WARMUP, STEPS + 1))
