@@ -48,7 +48,7 @@ def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tup
                               f"{known}; change the explicit axes so their product divides {num_devices}")
         sizes[sizes.index(-1)] = num_devices // known
     elif known != num_devices:
-        raise ConfigError(f"mesh {named} has {known} devices but {num_devices} are available; make the product "
+        raise ConfigError(f"{named} uses {known} devices but {num_devices} are available; make the product "
                           f"{num_devices}, or set one axis to -1 to take the rest")
     return tuple(sizes)
 
