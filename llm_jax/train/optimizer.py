@@ -18,7 +18,8 @@ def make_schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end_value=floor)
     if opt.schedule == "linear":
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, floor, max(1, steps - warmup))], [warmup])
+            [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, floor, max(1, steps - warmup))],
+            [warmup])
     if opt.schedule == "wsd":  # warmup, hold the peak, then decay linearly over the last decay_fraction
         decay = max(1, min(int(steps * opt.decay_fraction), steps - warmup))  # ends inside the run
         stable = max(0, steps - warmup - decay)
