@@ -7,6 +7,7 @@ from llm_jax.config import ConfigError, load_config
 
 COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
+    "tokenizer": "train a SentencePiece tokenizer, or encode/decode with one: llm-jax tokenizer train --help",
     "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
 }
 
@@ -56,7 +57,45 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "bench": _bench}
+def _tokenizer(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llm-jax tokenizer", description=COMMANDS["tokenizer"])
+    sub = parser.add_subparsers(dest="action", required=True)
+    train = sub.add_parser("train", help="train a SentencePiece model (byte fallback, <pad> <bos> <eos> = 0 1 2)")
+    train.add_argument("--input", required=True, action="append",
+                       help="text or .jsonl files or globs, comma-separated or repeated")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    train.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
+    train.add_argument("--text-field", default="text", help="the text field of .jsonl records")
+    for name in ("encode", "decode"):
+        p = sub.add_parser(name, help=f"{name} with a tokenizer")
+        p.add_argument("--tokenizer", default="byte", help="'byte' or the path of a tokenizer.model")
+        p.add_argument("text", help="text to encode, or space-separated ids to decode")
+    args = parser.parse_args(argv)
+
+    from llm_jax.data import tokenizer as tok
+
+    if args.action == "train":
+        from llm_jax.data.tokenizer_train import train_sentencepiece
+
+        try:
+            model = train_sentencepiece(args.input, args.vocab_size, args.model_type, args.out, args.text_field)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {model.model_path} ({model.vocab_size} tokens, hash {model.identity()['hash']}); train with "
+              f"--config.data.tokenizer=sentencepiece --config.data.tokenizer_path={model.model_path}")
+        return 0
+    tokenizer = tok.make_tokenizer("byte") if args.tokenizer == "byte" else tok.make_tokenizer(
+        "sentencepiece", args.tokenizer)
+    if args.action == "encode":
+        print(" ".join(str(i) for i in tokenizer.encode(args.text)))
+    else:
+        print(tokenizer.decode([int(i) for i in args.text.split()]))
+    return 0
+
+
+HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench}
 
 
 def _usage() -> str:

@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = d = ml_collections.ConfigDict()
     d.corpus = "shakespeare"  # the built-in corpus
-    d.tokenizer = "byte"  # 256 bytes + special tokens
+    d.tokenizer = "byte"  # byte (256 bytes + special tokens) | sentencepiece
+    d.tokenizer_path = ""  # sentencepiece: the .model file written by `llm-jax tokenizer train`
 
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"

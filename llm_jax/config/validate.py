@@ -16,7 +16,7 @@ CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "optimizer.schedule": ("cosine", "constant", "linear", "wsd"),
     "data.corpus": ("shakespeare",),
-    "data.tokenizer": ("byte",),
+    "data.tokenizer": ("byte", "sentencepiece"),
 }
 POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",

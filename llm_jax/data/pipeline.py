@@ -7,12 +7,12 @@ import numpy as np
 
 from llm_jax.data import corpus
 from llm_jax.data.loader import BatchLoader, pack_documents
-from llm_jax.data.tokenizer import ByteTokenizer, make_tokenizer
+from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 
 
 @dataclasses.dataclass
 class Data:
-    tokenizer: ByteTokenizer
+    tokenizer: Tokenizer
     train: BatchLoader
     eval: BatchLoader
     unigram_loss: float  # nats/token of validation targets under the training unigram distribution
@@ -30,7 +30,7 @@ def unigram_loss(train_rows: dict, eval_rows: dict, vocab_size: int) -> float:
 
 
 def make_data(cfg: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1) -> Data:
-    tokenizer = make_tokenizer(cfg.data.tokenizer)
+    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     row_len = cfg.train.seq_len + 1
     rows = {split: pack_documents([tokenizer.encode(d) for d in corpus.documents(split)], row_len)
             for split in ("train", "validation")}

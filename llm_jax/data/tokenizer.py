@@ -1,10 +1,15 @@
-"""Tokenizers. The special tokens are declared here, once, for every tokenizer kind."""
+"""Tokenizers. The special tokens are declared here, once, for every tokenizer kind.
+
+Every tokenizer uses ids 0, 1, 2 for <pad>, <bos>, <eos>, so packing, masking and sampling never ask which kind
+they have. A SentencePiece processor does not pickle, so it is loaded lazily (and again in each grain worker).
+"""
 
 import hashlib
+import pathlib
 
 import numpy as np
 
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in every tokenizer
 
 
@@ -31,7 +36,55 @@ class ByteTokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "hash": digest}
 
 
-def make_tokenizer(name: str) -> ByteTokenizer:
+class SentencePieceTokenizer:
+    """A SentencePiece model trained by `llm-jax tokenizer train` (pad 0, bos 1, eos 2, unk 3, byte fallback)."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_path: str | pathlib.Path):
+        self.model_path = pathlib.Path(model_path)
+        self._proto = self.model_path.read_bytes()
+        self._sp = None
+
+    @property
+    def sp(self):
+        if self._sp is None:
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        return self._sp
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sp": None}  # the processor does not pickle; the next worker reloads it
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.sp.encode(text), dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
+        return self.sp.decode(ids)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size,
+                "hash": hashlib.sha256(self._proto).hexdigest()[:16], "path": str(self.model_path)}
+
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer
+
+
+def make_tokenizer(name: str, path: str = "") -> Tokenizer:
+    """`data.tokenizer` is 'byte' or 'sentencepiece' (then `data.tokenizer_path` is the .model file)."""
     if name == "byte":
         return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer '{name}' in data.tokenizer; choose: byte")
+    if name == "sentencepiece":
+        if not path or not pathlib.Path(path).is_file():
+            from llm_jax.config.load import ConfigError
+
+            raise ConfigError(f"data.tokenizer_path={path!r} is not a file; pass the tokenizer.model written by "
+                              "`llm-jax tokenizer train --out=DIR`")
+        return SentencePieceTokenizer(path)
+    raise ValueError(f"unknown tokenizer '{name}' in data.tokenizer; choose: byte, sentencepiece")

@@ -19,7 +19,7 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tensorboard")
+RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard")
 
 
 def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:

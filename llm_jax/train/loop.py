@@ -5,6 +5,7 @@ to read numbers that are already computed.
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -50,12 +51,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     writers = Writers(workdir)
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
-    if writers.enabled:
+    if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+        (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
                   f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
-    writers.print(f"tokens per step: {t.global_batch * t.seq_len:,} | unigram baseline loss: "
-                  f"{data.unigram_loss:.4f}")
+    writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
+                  f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
 
     tokens_per_step = t.global_batch * t.seq_len
     losses: list[float] = []

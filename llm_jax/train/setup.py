@@ -26,7 +26,7 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> tupl
                                                                                   nn.Module]:
     """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
     and model, and check that every parameter has a sharding rule that divides it."""
-    tokenizer = make_tokenizer(cfg.data.tokenizer)
+    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     cfg = finalize(cfg, tokenizer.vocab_size)
     num_devices = len(devices) if devices is not None else jax.device_count()
     mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
