@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from llm_jax.config import ConfigError, load_config
+from llm_jax.data.sources import DataError
 
 COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[command](rest)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
         return 2
 
 

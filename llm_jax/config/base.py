@@ -85,7 +85,15 @@ def base_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0  # global-norm clipping; 0 disables
 
     c.data = d = ml_collections.ConfigDict()
-    d.corpus = "shakespeare"  # the built-in corpus
+    d.corpus = "shakespeare"  # shakespeare (built in) | files
+    d.train_files = ""  # files: comma-separated paths or globs (local, or remote through etils.epath)
+    d.eval_files = ""  # files: the validation files; empty holds out every eval_holdout-th training document
+    d.eval_holdout = 100
+    d.format = "auto"  # auto (by extension) | text | jsonl | parquet | arrayrecord (a UTF-8 document per record)
+    d.text_field = "text"  # JSONL field / Parquet column holding the text
+    d.text_split = "file"  # plain text: one document per file, or per blank_line-separated block
+    d.bad_utf8 = "replace"  # replace (U+FFFD, counted) | skip (drop the document, counted)
+    d.bad_json = "fail"  # fail (report file:line) | skip (counted)
     d.tokenizer = "byte"  # byte (256 bytes + special tokens) | sentencepiece
     d.tokenizer_path = ""  # sentencepiece: the .model file written by `llm-jax tokenizer train`
 

@@ -15,7 +15,11 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optimizer.schedule": ("cosine", "constant", "linear", "wsd"),
-    "data.corpus": ("shakespeare",),
+    "data.corpus": ("shakespeare", "files"),
+    "data.format": ("auto", "text", "jsonl", "parquet", "arrayrecord"),
+    "data.text_split": ("file", "blank_line"),
+    "data.bad_utf8": ("replace", "skip"),
+    "data.bad_json": ("fail", "skip"),
     "data.tokenizer": ("byte", "sentencepiece"),
 }
 POSITIVE = (
@@ -139,6 +143,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     _divides(cfg, mesh_shape, "model.mlp_dim", "mlp")
     _divides(cfg, mesh_shape, "model.vocab_size", "vocab")
     _divides(cfg, mesh_shape, "model.d_model", "embed")
+    if cfg.data.corpus == "files" and not cfg.data.train_files:
+        raise ConfigError("data.corpus='files' needs data.train_files, e.g. --config.data.train_files='data/*.jsonl'")
+    if cfg.data.eval_holdout < 2:
+        raise ConfigError(f"data.eval_holdout={cfg.data.eval_holdout} must be >= 2")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
     if not 0 <= cfg.optimizer.min_lr_ratio <= 1:

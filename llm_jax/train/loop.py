@@ -56,6 +56,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
         (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
                   f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
+    if cfg.data.corpus == "files":
+        writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows | "
+                      f"{data.stats.summary()}")
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
                   f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
 

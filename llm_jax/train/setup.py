@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.config.validate import finalize, validate
-from llm_jax.data.pipeline import Data, make_data
+from llm_jax.data.pipeline import Data, check_sources, make_data
 from llm_jax.data.tokenizer import make_tokenizer
 from llm_jax.models import build_model
 from llm_jax.parallel.mesh import make_mesh
@@ -30,6 +30,7 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> tupl
     cfg = finalize(cfg, tokenizer.vocab_size)
     num_devices = len(devices) if devices is not None else jax.device_count()
     mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
+    check_sources(cfg.data)
     model = build_model(cfg.model)
     param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
     return cfg, mesh, model
