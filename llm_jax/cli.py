@@ -63,11 +63,11 @@ def _tokenizer(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     train = sub.add_parser("train", help="train a SentencePiece model (byte fallback, <pad> <bos> <eos> = 0 1 2)")
     train.add_argument("--input", required=True, action="append",
-                       help="text or .jsonl files or globs, comma-separated or repeated")
+                       help="text, .jsonl, .parquet or .arrayrecord files or globs, comma-separated or repeated")
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
     train.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
-    train.add_argument("--text-field", default="text", help="the text field of .jsonl records")
+    train.add_argument("--text-field", default="text", help="the JSONL field / Parquet column holding the text")
     for name in ("encode", "decode"):
         p = sub.add_parser(name, help=f"{name} with a tokenizer")
         p.add_argument("--tokenizer", default="byte", help="'byte' or the path of a tokenizer.model")
@@ -81,7 +81,7 @@ def _tokenizer(argv: list[str]) -> int:
 
         try:
             model = train_sentencepiece(args.input, args.vocab_size, args.model_type, args.out, args.text_field)
-        except (ValueError, FileNotFoundError) as e:
+        except ValueError as e:  # bad input files (DataError) or bad --vocab-size
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"wrote {model.model_path} ({model.vocab_size} tokens, hash {model.identity()['hash']}); train with "

@@ -8,6 +8,7 @@ import pytest
 
 from llm_jax.config import ConfigError
 from llm_jax.data import corpus
+from llm_jax.data.sources import DataError
 from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, ByteTokenizer, make_tokenizer
 from llm_jax.data.tokenizer_train import train_sentencepiece
 from tests.conftest import TRAIN_CONFIG
@@ -63,14 +64,14 @@ def test_jsonl_input_uses_the_text_field(tmp_path):
 
 
 def test_bad_inputs_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"'nothing-here/\*\.txt' matches no file"):
+    with pytest.raises(DataError, match=r"'nothing-here/\*\.txt' matches no file"):
         train_sentencepiece(["nothing-here/*.txt"], 500, "bpe", tmp_path)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match=r"empty\.txt"):
         train_sentencepiece([str(tmp_path / "empty.txt")], 500, "bpe", tmp_path / "o")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: bad JSON line"):
         train_sentencepiece([str(bad)], 500, "bpe", tmp_path / "o")
     (tmp_path / "ok.txt").write_text("some text\n")
     with pytest.raises(ValueError, match="--vocab-size=100 must exceed"):
