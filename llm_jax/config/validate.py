@@ -37,6 +37,11 @@ def _get(cfg: ml_collections.ConfigDict, key: str):
     return node
 
 
+def mesh_axes(target) -> tuple[str, ...]:
+    """A rule's (or PartitionSpec entry's) target -- None, one axis name, or several -- as a tuple of axis names."""
+    return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
 def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
     """The (data, fsdp, tensor) sizes with a `-1` axis filled in; their product must be the device count."""
     sizes = [int(mesh[a]) for a in MESH_AXES]
@@ -62,7 +67,7 @@ def shards_of(cfg: ml_collections.ConfigDict, mesh_shape: tuple[int, ...], logic
     sizes = dict(zip(MESH_AXES, mesh_shape, strict=True))
     for name, target in cfg.sharding.rules:
         if name == logical:
-            axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+            axes = mesh_axes(target)
             return math.prod(sizes[a] for a in axes), "*".join(f"mesh.{a}" for a in axes) or "nothing"
     raise ConfigError(f"sharding.rules has no rule for logical axis '{logical}'; add ('{logical}', None) "
                       "to replicate it or map it to a mesh axis")
@@ -91,9 +96,7 @@ def _check_rules(rules) -> None:
     for entry in rules:
         if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
             raise ConfigError(f"sharding.rules entry {entry!r} must be a (logical_axis, mesh_axes) pair")
-        target = entry[1]
-        axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
-        for a in axes:
+        for a in mesh_axes(entry[1]):
             if a not in MESH_AXES:
                 raise ConfigError(f"sharding.rules maps '{entry[0]}' to unknown mesh axis '{a}'; "
                                   f"use one of {', '.join(MESH_AXES)} or None")

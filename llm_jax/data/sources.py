@@ -69,7 +69,7 @@ def file_format(path: epath.Path, fmt: str) -> str:
     return EXTENSIONS[suffix]
 
 
-def _decode(raw: bytes, where: str, opts: SourceOptions, stats: SourceStats) -> str | None:
+def _decode(raw: bytes, opts: SourceOptions, stats: SourceStats) -> str | None:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -81,7 +81,7 @@ def _decode(raw: bytes, where: str, opts: SourceOptions, stats: SourceStats) -> 
 
 
 def _text(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
-    text = _decode(path.read_bytes(), str(path), opts, stats)
+    text = _decode(path.read_bytes(), opts, stats)
     if text is None:
         return
     if opts.text_split == "file":
@@ -94,7 +94,7 @@ def _jsonl(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterato
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         if not raw.strip():
             continue
-        line = _decode(raw, f"{path}:{lineno}", opts, stats)
+        line = _decode(raw, opts, stats)
         if line is None:
             continue
         try:
@@ -128,7 +128,7 @@ def _parquet(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Itera
         if value is None:
             stats.counts["null Parquet values skipped"] += 1
             continue
-        yield value if isinstance(value, str) else _decode(bytes(value), str(path), opts, stats)
+        yield value if isinstance(value, str) else _decode(bytes(value), opts, stats)
 
 
 def _arrayrecord(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
@@ -141,7 +141,7 @@ def _arrayrecord(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> I
         raise DataError(f"{path}: not a readable ArrayRecord file ({e})") from None
     try:
         for i in range(reader.num_records()):
-            yield _decode(reader.read([i])[0], f"{path}:record {i}", opts, stats)
+            yield _decode(reader.read([i])[0], opts, stats)
     finally:
         reader.close()
 

@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llm_jax.config.load import ConfigError
+from llm_jax.config.validate import mesh_axes
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -40,7 +41,7 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     for (keypath, leaf), sharding in zip(leaves, jax.tree.leaves(shardings), strict=True):
         value = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
         for dim, axes in zip(value.shape, sharding.spec, strict=False):
-            axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+            axes = mesh_axes(axes)
             n = math.prod(mesh.shape[a] for a in axes)
             if dim % n:
                 raise ConfigError(f"parameter '{_path(keypath)}' of shape {tuple(value.shape)} cannot be split "
