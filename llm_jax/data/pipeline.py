@@ -59,8 +59,9 @@ def split_documents(d: ml_collections.ConfigDict, stats: SourceStats) -> dict[st
             "validation": [x for i, x in enumerate(docs) if i in held_out]}
 
 
-def make_data(cfg: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1) -> Data:
-    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
+def make_data(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None, process_index: int = 0,
+              process_count: int = 1) -> Data:
+    tokenizer = tokenizer or make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     stats = SourceStats()
     row_len = cfg.train.seq_len + 1
     rows = {split: pack_documents([tokenizer.encode(doc) for doc in docs], row_len)

@@ -4,6 +4,7 @@
 """
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.config.validate import finalize, validate
 from llm_jax.data.pipeline import Data, check_sources, make_data
-from llm_jax.data.tokenizer import make_tokenizer
+from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.models import build_model
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import batch_sharding, replicated
@@ -22,8 +23,15 @@ from llm_jax.train.state import StepOptions, TrainState, create_train_state, par
 from llm_jax.train.step import eval_step, train_step
 
 
-def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> tuple[ml_collections.ConfigDict, Mesh,
-                                                                                  nn.Module]:
+class Prepared(NamedTuple):
+    cfg: ml_collections.ConfigDict  # finalized
+    mesh: Mesh
+    model: nn.Module
+    tokenizer: Tokenizer
+    params_sharding: Any  # NamedShardings of the parameters, checked against the rules
+
+
+def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Prepared:
     """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
     and model, and check that every parameter has a sharding rule that divides it."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
@@ -32,8 +40,8 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> tupl
     mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
     check_sources(cfg.data)
     model = build_model(cfg.model)
-    param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
-    return cfg, mesh, model
+    params_sh = param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
+    return Prepared(cfg, mesh, model, tokenizer, params_sh)
 
 
 @dataclasses.dataclass
@@ -53,13 +61,13 @@ class Run:
 
 
 def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
-    cfg, mesh, model = prepare(cfg, devices)
+    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, devices)
     t = cfg.train
-    data = make_data(cfg, jax.process_index(), jax.process_count())
+    data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     tx, schedule = make_optimizer(cfg.optimizer, t.steps)
     options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule)
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
-    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules)
+    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
     batch_sh = batch_sharding(mesh, rules)
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
                         donate_argnums=0)

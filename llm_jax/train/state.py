@@ -54,9 +54,11 @@ def param_shardings(model: nn.Module, seq_len: int, mesh: Mesh, rules: Rules) ->
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, options: StepOptions, seed: int,
-                       seq_len: int, mesh: Mesh, rules: Rules) -> tuple[TrainState, TrainState]:
-    """A freshly initialised, sharded TrainState, and the matching tree of shardings."""
-    params_sh = param_shardings(model, seq_len, mesh, rules)
+                       seq_len: int, mesh: Mesh, rules: Rules, params_sh: Any = None) -> tuple[TrainState, TrainState]:
+    """A freshly initialised, sharded TrainState, and the matching tree of shardings (`params_sh`: the
+    parameters' shardings when the caller already has them from `param_shardings`)."""
+    if params_sh is None:
+        params_sh = param_shardings(model, seq_len, mesh, rules)
 
     def init(rng: jax.Array) -> TrainState:
         params = nn.unbox(model.init(rng, *_dummy_inputs(seq_len))["params"])
