@@ -13,26 +13,30 @@ COMMANDS = {
 }
 
 
-def _split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate `--config.a.b=v` overrides from the other flags."""
-    overrides, rest = [], []
-    for a in argv:
-        (overrides if a.startswith("--config.") else rest).append(a)
-    return [o[len("--config."):] for o in overrides], rest
+def _config_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=COMMANDS[command],
+                                     epilog="Any config key can be overridden with --config.a.b=VALUE.")
+    parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
+    return parser
+
+
+def _parse_with_config(parser: argparse.ArgumentParser, argv: list[str]):
+    """Parse the flags, load the config with its `--config.a.b=v` overrides, and set up the JAX runtime."""
+    from llm_jax.parallel.runtime import init_runtime
+
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    cfg = load_config(args.config, [a[len("--config."):] for a in argv if a.startswith("--config.")])
+    init_runtime(cfg)
+    return args, cfg
 
 
 def _train(argv: list[str]) -> int:
-    overrides, rest = _split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="llm-jax train", description=COMMANDS["train"])
-    parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
+    parser = _config_parser("train")
     parser.add_argument("--workdir", required=True, help="where metrics, TensorBoard events and samples go")
-    args = parser.parse_args(rest)
+    args, cfg = _parse_with_config(parser, argv)
 
-    from llm_jax.parallel.runtime import init_runtime
     from llm_jax.train import loop
 
-    cfg = load_config(args.config, overrides)
-    init_runtime(cfg)
     try:
         loop.train(cfg, args.workdir)
     except loop.DivergedError as e:
@@ -42,18 +46,13 @@ def _train(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    overrides, rest = _split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="llm-jax bench", description=COMMANDS["bench"])
-    parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
+    parser = _config_parser("bench")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    args = parser.parse_args(rest)
+    args, cfg = _parse_with_config(parser, argv)
 
-    from llm_jax.parallel.runtime import init_runtime
     from llm_jax.train.bench import bench
 
-    cfg = load_config(args.config, overrides)
-    init_runtime(cfg)
     bench(cfg, steps=args.steps, warmup=args.warmup)
     return 0
 
