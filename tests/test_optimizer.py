@@ -11,7 +11,7 @@ import pytest
 
 from llm_jax.config import base_config
 from llm_jax.config.validate import finalize, validate
-from llm_jax.data.loader import pack_documents
+from llm_jax.data.packing import pack_documents
 from llm_jax.models import build_model
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import batch_sharding, replicated, to_global

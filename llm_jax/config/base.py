@@ -85,8 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0  # global-norm clipping; 0 disables
 
     c.data = d = ml_collections.ConfigDict()
-    d.corpus = "shakespeare"  # shakespeare (built in) | files
-    d.train_files = ""  # files: comma-separated paths or globs (local, or remote through etils.epath)
+    d.corpus = "shakespeare"  # shakespeare (built in) | files | prepared (by `llm-jax data prepare`)
+    # files: comma-separated paths or globs (local, or remote through etils.epath); several sources to mix are
+    # separated by ';', e.g. 'web/*.jsonl;books/*.parquet'
+    d.train_files = ""
+    d.weights = ""  # mixture weights, one per ';'-separated source, e.g. '0.7,0.3'; empty: in proportion to size
+    d.prepared_dir = ""  # prepared: the --out directory of `llm-jax data prepare`
     d.eval_files = ""  # files: the validation files; empty holds out every eval_holdout-th training document
     d.eval_holdout = 100
     d.format = "auto"  # auto (by extension) | text | jsonl | parquet | arrayrecord (a UTF-8 document per record)
@@ -96,6 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.bad_json = "fail"  # fail (report file:line) | skip (counted)
     d.tokenizer = "byte"  # byte (256 bytes + special tokens) | sentencepiece
     d.tokenizer_path = ""  # sentencepiece: the .model file written by `llm-jax tokenizer train`
+    d.packing = "concat"  # concat (no padding) | best_fit (fewer documents cut) | pad (one piece per row)
+    d.workers = 0  # grain worker processes that read, tokenize and batch; 0: all in the training process
+    d.threads = 2  # reader threads per process
+    d.prefetch = 8  # batches read ahead per process
 
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"

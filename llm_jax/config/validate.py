@@ -15,7 +15,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optimizer.schedule": ("cosine", "constant", "linear", "wsd"),
-    "data.corpus": ("shakespeare", "files"),
+    "data.corpus": ("shakespeare", "files", "prepared"),
+    "data.packing": ("concat", "best_fit", "pad"),
     "data.format": ("auto", "text", "jsonl", "parquet", "arrayrecord"),
     "data.text_split": ("file", "blank_line"),
     "data.bad_utf8": ("replace", "skip"),
@@ -26,8 +27,9 @@ POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
     "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
-    "train.log_every", "train.eval_batches",
+    "train.log_every", "train.eval_batches", "data.prefetch",
 )
+NON_NEGATIVE = ("data.workers", "data.threads")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):
@@ -118,6 +120,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     for key in POSITIVE:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
     _check_rules(cfg.sharding.rules)
     mesh_shape = resolve_mesh_shape(cfg.mesh, num_devices)
     m, t = cfg.model, cfg.train
@@ -148,6 +153,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     _divides(cfg, mesh_shape, "model.d_model", "embed")
     if cfg.data.corpus == "files" and not cfg.data.train_files:
         raise ConfigError("data.corpus='files' needs data.train_files, e.g. --config.data.train_files='data/*.jsonl'")
+    if cfg.data.corpus == "prepared" and not cfg.data.prepared_dir:
+        raise ConfigError("data.corpus='prepared' needs data.prepared_dir, the --out of `llm-jax data prepare`")
     if cfg.data.eval_holdout < 2:
         raise ConfigError(f"data.eval_holdout={cfg.data.eval_holdout} must be >= 2")
     if cfg.optimizer.lr <= 0:

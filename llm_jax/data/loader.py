@@ -1,86 +1,108 @@
-"""Packed batches by random access: batch `step` is a pure function of (seed, step), so the whole data state is
-one step counter that any number of hosts or workers can resume from.
+"""Host-local batches from a grain pipeline, resumable from one number.
 
-Documents are tokenized as <bos> text <eos>, concatenated, and cut into rows of seq_len + 1 tokens (the model
-reads the first seq_len, the loss predicts the last seq_len). Each row carries `segment_ids` (1, 2, ... per
-document inside the row; 0 is padding) and `positions` (restarting at 0 where a document starts), so attention
-never crosses documents and a document split across rows starts again at position 0.
+The training stream is a pure function of (seed, global example index): rows are shuffled afresh each epoch (a
+seeded index permutation, no buffer), several sources are mixed by fixed weights, and global batch k is examples
+[k*B, (k+1)*B). Process p of n reads only its slice [k*B + p*b, k*B + (p+1)*b), b = B/n. So the whole data state is
+the number of examples consumed: a restore rebuilds the pipeline from that index, whatever the number of hosts or
+worker processes was before or is now.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+import grain
 import numpy as np
+from grain import MapDataset
 
-from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from llm_jax.data.packing import Rows, positions_from_segments
 
-Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32 [batch, seq_len + 1]
-
-
-def pack_documents(docs_tokens: Sequence[np.ndarray], row_len: int) -> Batch:
-    """All documents as rows of `row_len` tokens; the last partial row is padded with segment id 0."""
-    pieces, doc_ids = [], []
-    for i, toks in enumerate(docs_tokens):
-        pieces.append(np.concatenate([[BOS_ID], np.asarray(toks, np.int32), [EOS_ID]]).astype(np.int32))
-        doc_ids.append(np.full(len(pieces[-1]), i, np.int64))
-    if not pieces:
-        raise ValueError("no documents to pack")
-    stream, doc_of = np.concatenate(pieces), np.concatenate(doc_ids)
-    n_rows = -(-len(stream) // row_len)
-    pad = n_rows * row_len - len(stream)
-    tokens = np.pad(stream, (0, pad), constant_values=PAD_ID).reshape(n_rows, row_len)
-    doc_of = np.pad(doc_of, (0, pad), constant_values=-1).reshape(n_rows, row_len)
-
-    # Number documents 1, 2, ... inside each row; padding (-1) becomes segment 0.
-    segment_ids = (doc_of - doc_of[:, :1] + 1).astype(np.int32)
-    segment_ids[doc_of < 0] = 0
-    idx = np.broadcast_to(np.arange(row_len), (n_rows, row_len))
-    starts = np.concatenate([np.ones((n_rows, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    positions = (idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)).astype(np.int32)
-    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32 [local_batch, seq_len + 1]
 
 
-class BatchLoader:
-    """Host-local batches: process `p` of `n` gets rows [p*b, (p+1)*b) of every global batch, b = batch / n.
+class MemoryRows:
+    """Packed rows held in memory (tokens and segment ids); a grain random-access source."""
 
-    Training batches walk a fresh permutation of all rows each epoch (a pure function of seed and epoch);
-    evaluation batches (`shuffle=False`) read the rows in order, so every evaluation sees the same data.
-    """
+    def __init__(self, rows: Rows):
+        small = rows["tokens"].max(initial=0) < 2**16 and rows["segment_ids"].max(initial=0) < 2**16
+        dtype = np.uint16 if small else np.int32  # halves what each worker process receives
+        self.data = np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(dtype)
 
-    def __init__(self, rows: Batch, global_batch: int, seed: int, shuffle: bool,
-                 process_index: int = 0, process_count: int = 1):
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"tokens": self.data[i, 0].astype(np.int32), "segment_ids": self.data[i, 1].astype(np.int32)}
+
+
+class AddPositions(grain.transforms.Map):
+    def map(self, batch: dict) -> Batch:
+        return {**batch, "positions": positions_from_segments(batch["segment_ids"])}
+
+
+def train_stream(sources: Sequence, weights: Sequence[float], seed: int) -> MapDataset:
+    """An endless stream of rows: each source shuffled per epoch with its own seed, mixed by `weights`."""
+    streams = [MapDataset.source(s).shuffle(seed=(seed * 1000 + i) % 2**32).repeat() for i, s in enumerate(sources)]
+    return streams[0] if len(streams) == 1 else MapDataset.mix(streams, list(weights))
+
+
+def eval_stream(sources: Sequence) -> MapDataset:
+    """Every validation row of every source in order, wrapping around: each evaluation reads the same rows."""
+    ds = [MapDataset.source(s) for s in sources]
+    return (ds[0] if len(ds) == 1 else MapDataset.concatenate(ds)).repeat()
+
+
+def mark_flags_parsed() -> None:
+    """grain's worker processes read absl flags; our CLI parses its own, so tell absl there is nothing to parse."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class Loader:
+    """Iterates host-local batches of `stream` from `examples` on; `batch_at(k)` reads global batch k directly."""
+
+    def __init__(self, stream: MapDataset, global_batch: int, num_rows: int, process_index: int = 0,
+                 process_count: int = 1, workers: int = 0, threads: int = 2, prefetch: int = 8):
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-        self.rows, self.global_batch, self.seed, self.shuffle = rows, global_batch, seed, shuffle
-        self.num_rows = len(rows["tokens"])
+        self.stream, self.global_batch, self.num_rows = stream, global_batch, num_rows
         self.local_batch = global_batch // process_count
-        self.first = process_index * self.local_batch
-        self.step = 0
-        self._perm_epoch, self._perm = -1, np.arange(self.num_rows)
+        self.process_index, self.process_count = process_index, process_count
+        self.workers, self.threads, self.prefetch = workers, threads, prefetch
+        self.examples = 0  # global examples consumed so far: the whole data state
+        self._iterator = None
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return self._perm
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-            self._perm_epoch = epoch
-        return self._perm
+    def _batches(self, start: int) -> MapDataset:
+        local = self.stream[start:].batch(self.local_batch, drop_remainder=True)
+        return local[self.process_index::self.process_count].map(AddPositions())
 
     def batch_at(self, step: int) -> Batch:
-        examples = step * self.global_batch + self.first + np.arange(self.local_batch)
-        epochs, within = np.divmod(examples, self.num_rows)
-        rows = np.empty(self.local_batch, np.int64)
-        for epoch in np.unique(epochs):
-            rows[epochs == epoch] = self._order(int(epoch))[within[epochs == epoch]]
-        return {k: v[rows] for k, v in self.rows.items()}
+        return self._batches(0)[step]
 
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            batch = self.batch_at(self.step)
-            self.step += 1
-            yield batch
+    def __iter__(self) -> "Loader":
+        return self
+
+    def __next__(self) -> Batch:
+        if self._iterator is None:
+            ds = self._batches(self.examples).to_iter_dataset(
+                grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.prefetch))
+            if self.workers:
+                mark_flags_parsed()
+                ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=self.workers))
+            self._iterator = iter(ds)
+        batch = next(self._iterator)
+        self.examples += self.global_batch
+        return batch
 
     def get_state(self) -> dict:
-        return {"step": self.step}
+        return {"examples": self.examples}
 
     def set_state(self, state: dict) -> None:
-        self.step = int(state["step"])
+        self.close()
+        self.examples = int(state["examples"])
+
+    def close(self) -> None:
+        """Stop prefetching (and the worker processes, if any)."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None

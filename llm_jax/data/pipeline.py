@@ -1,34 +1,61 @@
-"""From config to loaders: documents -> tokenizer -> packed rows -> host-local batches."""
+"""From config to loaders: sources -> tokenized documents -> packed rows -> grain loaders of host-local batches.
+
+`data.train_files` may name several sources separated by ';' (each a comma-separated list of paths or globs);
+they are mixed by `data.weights` (default: in proportion to their rows).
+"""
 
 import dataclasses
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
-from llm_jax.data import corpus
-from llm_jax.data.loader import BatchLoader, pack_documents
-from llm_jax.data.sources import DataError, SourceOptions, SourceStats, expand, read_documents
+from llm_jax.data import corpus, prepared
+from llm_jax.data.encode import encode_units, file_units, text_units
+from llm_jax.data.loader import Loader, MemoryRows, eval_stream, train_stream
+from llm_jax.data.packing import Rows, pack_documents
+from llm_jax.data.sources import DataError, SourceOptions, SourceStats, expand
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 
 
 @dataclasses.dataclass
 class Data:
     tokenizer: Tokenizer
-    train: BatchLoader
-    eval: BatchLoader
+    train: Loader
+    eval: Loader
     unigram_loss: float  # nats/token of validation targets under the training unigram distribution
     stats: SourceStats
+    weights: list[float]  # of the training sources, normalised
 
 
-def unigram_loss(train_rows: dict, eval_rows: dict, vocab_size: int) -> float:
+def source_groups(train_files: str) -> list[str]:
+    return [g.strip() for g in train_files.split(";") if g.strip()]
+
+
+def parse_weights(d: ml_collections.ConfigDict, num_sources: int) -> list[float] | None:
+    """`data.weights` as floats, one per source; None when not given."""
+    if not d.weights.strip():
+        return None
+    try:
+        weights = [float(w) for w in d.weights.split(",")]
+    except ValueError:
+        raise DataError(f"data.weights={d.weights!r} is not a comma-separated list of numbers") from None
+    if len(weights) != num_sources or min(weights) < 0 or sum(weights) <= 0:
+        raise DataError(f"data.weights={d.weights!r} needs {num_sources} non-negative numbers (one per ';'-separated "
+                        "source in data.train_files) that do not sum to 0")
+    return weights
+
+
+def unigram_loss(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
     """The loss of the best context-free model: a baseline any trained model must beat by far."""
-    def targets(rows):
-        seg = rows["segment_ids"]
-        mask = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-        return rows["tokens"][:, 1:][mask]
-    counts = np.bincount(targets(train_rows), minlength=vocab_size).astype(np.float64) + 1.0  # add-one
-    log_p = np.log(counts / counts.sum())
-    return float(-log_p[targets(eval_rows)].mean())
+    counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0  # add-one
+    return float(-np.log(counts / counts.sum())[eval_tokens].mean())
+
+
+def targets(rows: Rows) -> np.ndarray:
+    """The tokens that the loss predicts (every non-padding token that follows one of its own document)."""
+    seg = rows["segment_ids"]
+    return rows["tokens"][:, 1:][(seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)]
 
 
 def source_options(d: ml_collections.ConfigDict) -> SourceOptions:
@@ -37,40 +64,96 @@ def source_options(d: ml_collections.ConfigDict) -> SourceOptions:
 
 
 def check_sources(d: ml_collections.ConfigDict) -> None:
-    """Cheap checks before anything expensive: every pattern matches a file."""
+    """Cheap checks before anything expensive: every pattern matches a file, the weights fit the sources."""
     if d.corpus == "files":
-        expand(d.train_files)
+        groups = source_groups(d.train_files)
+        for group in groups:
+            expand(group)
         if d.eval_files:
             expand(d.eval_files)
+        parse_weights(d, len(groups))
+    elif d.corpus == "prepared":
+        prepared.read_meta(d.prepared_dir)
 
 
-def split_documents(d: ml_collections.ConfigDict, stats: SourceStats) -> dict[str, list[str]]:
-    if d.corpus == "shakespeare":
-        return {split: corpus.documents(split) for split in ("train", "validation")}
+def hold_out(docs: list, every: int, what: str) -> tuple[list, list]:
+    """Every `every`-th document goes to validation: a split that depends on the data alone."""
+    held = [x for i, x in enumerate(docs) if i % every == every - 1]
+    if not held:
+        raise DataError(f"{what}: only {len(docs)} documents, too few to hold out 1 in {every} for validation; "
+                        "set data.eval_files or lower data.eval_holdout")
+    return [x for i, x in enumerate(docs) if i % every != every - 1], held
+
+
+def tokenized_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                     stats: SourceStats) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+    """The token ids of the training documents of each source, and of the validation documents."""
+    d = cfg.data
     opts = source_options(d)
-    docs = list(read_documents(d.train_files, opts, stats))
+
+    def encode(units):
+        return encode_units(units, tokenizer, opts, stats, d.workers)
+
+    if d.corpus == "shakespeare":
+        return [encode(text_units(corpus.documents("train")))], encode(text_units(corpus.documents("validation")))
+    train, validation = [], []
+    for group in source_groups(d.train_files):
+        docs = encode(file_units(group))
+        if d.eval_files:
+            train.append(docs)
+        else:
+            kept, held = hold_out(docs, d.eval_holdout, group)
+            train.append(kept)
+            validation += held
     if d.eval_files:
-        return {"train": docs, "validation": list(read_documents(d.eval_files, opts, stats))}
-    held_out = {i for i in range(len(docs)) if i % d.eval_holdout == d.eval_holdout - 1}
-    if not held_out:
-        raise DataError(f"only {len(docs)} training documents: too few to hold out 1 in {d.eval_holdout} for "
-                         "validation; set data.eval_files or lower data.eval_holdout")
-    return {"train": [x for i, x in enumerate(docs) if i not in held_out],
-            "validation": [x for i, x in enumerate(docs) if i in held_out]}
+        validation = encode(file_units(d.eval_files))
+    return train, validation
+
+
+def pack_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                stats: SourceStats) -> tuple[list[Rows], Rows]:
+    row_len = cfg.train.seq_len + 1
+    train, validation = tokenized_splits(cfg, tokenizer, stats)
+    return ([pack_documents(docs, row_len, cfg.data.packing) for docs in train],
+            pack_documents(validation, row_len, cfg.data.packing))
+
+
+def make_loaders(cfg: ml_collections.ConfigDict, train_sources: Sequence, eval_source, process_index: int,
+                 process_count: int) -> tuple[Loader, Loader, list[float]]:
+    d, t = cfg.data, cfg.train
+    sizes = [len(s) for s in train_sources]
+    weights = parse_weights(d, len(sizes)) or sizes
+    weights = [w / sum(weights) for w in weights]
+    kwargs = dict(process_index=process_index, process_count=process_count, workers=d.workers, threads=d.threads,
+                  prefetch=d.prefetch)
+    return (Loader(train_stream(train_sources, weights, t.seed), t.global_batch, sum(sizes), **kwargs),
+            Loader(eval_stream([eval_source]), t.global_batch, len(eval_source), **kwargs), weights)
 
 
 def make_data(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None, process_index: int = 0,
               process_count: int = 1) -> Data:
     tokenizer = tokenizer or make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
+    if cfg.data.corpus == "prepared":
+        train_sources, eval_source, meta = prepared.open_sources(cfg, tokenizer)
+        stats, unigram = prepared.stats_of(meta), meta["unigram_loss"]
+    else:
+        stats = SourceStats()
+        train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
+        unigram = unigram_loss(np.concatenate([targets(r) for r in train_rows]), targets(eval_rows),
+                               tokenizer.vocab_size)
+        train_sources, eval_source = [MemoryRows(r) for r in train_rows], MemoryRows(eval_rows)
+    train, evaluation, weights = make_loaders(cfg, train_sources, eval_source, process_index, process_count)
+    return Data(tokenizer, train, evaluation, unigram, stats, weights)
+
+
+def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int = prepared.ROWS_PER_SHARD) -> dict:
+    """Tokenize and pack the configured corpus once into ArrayRecord shards under `out` (see data/prepared.py)."""
+    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     stats = SourceStats()
-    row_len = cfg.train.seq_len + 1
-    rows = {split: pack_documents([tokenizer.encode(doc) for doc in docs], row_len)
-            for split, docs in split_documents(cfg.data, stats).items()}
-    t = cfg.train
-    return Data(
-        tokenizer=tokenizer,
-        train=BatchLoader(rows["train"], t.global_batch, t.seed, True, process_index, process_count),
-        eval=BatchLoader(rows["validation"], t.global_batch, t.seed, False, process_index, process_count),
-        unigram_loss=unigram_loss(rows["train"], rows["validation"], tokenizer.vocab_size),
-        stats=stats,
-    )
+    train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
+    meta = {"tokenizer": tokenizer.identity(), "seq_len": cfg.train.seq_len, "packing": cfg.data.packing,
+            "sources": source_groups(cfg.data.train_files) if cfg.data.corpus == "files" else [cfg.data.corpus],
+            "unigram_loss": unigram_loss(np.concatenate([targets(r) for r in train_rows]), targets(eval_rows),
+                                         tokenizer.vocab_size),
+            "tokens": int(sum((r["segment_ids"] != 0).sum() for r in train_rows)), "stats": dict(stats.counts)}
+    return prepared.write(out, train_rows, eval_rows, meta, rows_per_shard)

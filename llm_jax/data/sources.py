@@ -149,16 +149,21 @@ def _arrayrecord(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> I
 READERS = {"text": _text, "jsonl": _jsonl, "parquet": _parquet, "arrayrecord": _arrayrecord}
 
 
+def read_file(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str]:
+    """Every non-empty document of one file, in order."""
+    if path.stat().length == 0:
+        raise DataError(f"{path}: file is empty; remove it from the inputs")
+    for doc in READERS[file_format(path, opts.format)](path, opts, stats):
+        if doc is None:
+            continue
+        if not doc.strip():
+            stats.counts["empty documents skipped"] += 1
+            continue
+        stats.counts["documents"] += 1
+        yield doc
+
+
 def read_documents(patterns: str | Sequence[str], opts: SourceOptions, stats: SourceStats) -> Iterator[str]:
     """Every non-empty document of every matched file, in a fixed order."""
     for path in expand(patterns):
-        if path.stat().length == 0:
-            raise DataError(f"{path}: file is empty; remove it from the inputs")
-        for doc in READERS[file_format(path, opts.format)](path, opts, stats):
-            if doc is None:
-                continue
-            if not doc.strip():
-                stats.counts["empty documents skipped"] += 1
-                continue
-            stats.counts["documents"] += 1
-            yield doc
+        yield from read_file(path, opts, stats)

@@ -43,11 +43,31 @@ def evaluate(run: Run, state: TrainState) -> float:
     return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
 
 
+def _steps(run: Run, writers: Writers, handle) -> float:
+    """Run every step, evaluating as configured; returns the final evaluation loss."""
+    t, state, pending = run.cfg.train, run.state, None
+    for step in range(t.steps):
+        batch = to_global(next(run.data.train), run.batch_sharding)
+        state, metrics = run.jit_train(state, batch)
+        if pending is not None:
+            handle(*pending)
+        pending = (step, metrics)
+        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
+            handle(*pending)
+            pending = None
+            eval_loss = evaluate(run, state)
+            writers.scalars(step + 1, {"loss": eval_loss}, prefix="eval_")
+            writers.print(f"eval at step {step + 1}: loss {eval_loss:.4f}")
+    handle(*pending)
+    run.state = state
+    return evaluate(run, state)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
     """Train from scratch as `cfg` says, on `devices` (default: all)."""
     workdir = pathlib.Path(workdir)
     run = build_run(cfg, devices)
-    cfg, mesh, data, state, t = run.cfg, run.mesh, run.data, run.state, run.cfg.train
+    cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
     writers = Writers(workdir)
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
@@ -56,8 +76,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
         (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
                   f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
-    if cfg.data.corpus == "files":
-        writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows | "
+    if cfg.data.corpus != "shakespeare":
+        mix = f" | mixture weights {[round(w, 3) for w in data.weights]}" if len(data.weights) > 1 else ""
+        writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows{mix} | "
                       f"{data.stats.summary()}")
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
                   f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
@@ -92,26 +113,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                           f"ETA {format_duration(step_s * (t.steps - step - 1))}")
             window_start, window_steps = now, 0
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-        pending = None
-        for step in range(t.steps):
-            batch = to_global(data.train.batch_at(step), run.batch_sharding)
-            state, metrics = run.jit_train(state, batch)
-            if pending is not None:
-                handle(*pending)
-            pending = (step, metrics)
-            if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-                handle(*pending)
-                pending = None
-                eval_loss = evaluate(run, state)
-                writers.scalars(step + 1, {"loss": eval_loss}, prefix="eval_")
-                writers.print(f"eval at step {step + 1}: loss {eval_loss:.4f}")
-        handle(*pending)
-        eval_loss = evaluate(run, state)
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
+            eval_loss = _steps(run, writers, handle)
+    finally:
+        data.train.close()
     writers.scalars(t.steps, {"loss": eval_loss, "perplexity": math.exp(eval_loss)}, prefix="eval_")
 
     s = cfg.sample
-    new_ids = generate(state.model, state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
+    new_ids = generate(run.state.model, run.state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
                        s.temperature, s.seed)[0]
     sample = s.prompt + data.tokenizer.decode(new_ids)
     writers.text(t.steps, "samples", sample)

@@ -1,0 +1,109 @@
+"""Corpora tokenized and packed once (`llm-jax data prepare`), stored as ArrayRecord shards of packed rows.
+
+Training then reads rows by random access, so starting or resuming at any step costs nothing. Layout of a
+prepared directory:
+
+    meta.json                           tokenizer identity, seq_len, packing, row counts, baseline loss, input stats
+    train-S-NNNNN.arrayrecord           rows of training source S (one per ';'-separated group of train_files)
+    validation-NNNNN.arrayrecord        validation rows
+
+A record is one row: tokens then segment ids, `dtype` from meta.json, 2 x (seq_len + 1) values.
+"""
+
+import collections
+import json
+import pathlib
+
+import grain
+import ml_collections
+import numpy as np
+
+from llm_jax.data.packing import Rows
+from llm_jax.data.sources import DataError, SourceStats
+from llm_jax.data.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+ROWS_PER_SHARD = 65536
+
+
+class RecordRows:
+    """Rows of prepared ArrayRecord shards; a grain random-access source that pickles into worker processes."""
+
+    def __init__(self, paths: list[str], row_len: int, dtype: str):
+        self.source = grain.sources.ArrayRecordDataSource(paths)
+        self.row_len, self.dtype = row_len, np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        row = np.frombuffer(self.source[i], self.dtype).reshape(2, self.row_len).astype(np.int32)
+        return {"tokens": row[0], "segment_ids": row[1]}
+
+
+def _write_shards(out: pathlib.Path, prefix: str, rows: Rows, dtype: np.dtype, rows_per_shard: int) -> list[str]:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    data = np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(dtype)
+    names = []
+    for shard, start in enumerate(range(0, len(data), rows_per_shard)):
+        names.append(f"{prefix}-{shard:05d}.arrayrecord")
+        writer = ArrayRecordWriter(str(out / names[-1]), "group_size:1")  # one row per chunk: cheap random access
+        for row in data[start:start + rows_per_shard]:
+            writer.write(row.tobytes())
+        writer.close()
+    return names
+
+
+def write(out: str | pathlib.Path, train: list[Rows], validation: Rows, meta: dict,
+          rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+    """Write the shards, then meta.json last: a directory without meta.json is an unfinished preparation."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    largest = max(int(r["tokens"].max(initial=0)) for r in [*train, validation])
+    dtype = np.dtype(np.uint16 if largest < 2**16 and validation["tokens"].shape[1] < 2**16 else np.int32)
+    meta = {**meta, "format_version": FORMAT_VERSION, "dtype": dtype.name,
+            "train": [{"rows": len(r["tokens"]), "shards": _write_shards(out, f"train-{i}", r, dtype, rows_per_shard)}
+                      for i, r in enumerate(train)],
+            "validation": {"rows": len(validation["tokens"]),
+                           "shards": _write_shards(out, "validation", validation, dtype, rows_per_shard)}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_meta(directory: str) -> dict:
+    path = pathlib.Path(directory) / "meta.json"
+    if not directory or not path.is_file():
+        raise DataError(f"data.prepared_dir={directory!r} has no meta.json: run `llm-jax data prepare --out=DIR` "
+                        "(a directory without meta.json is an unfinished preparation)")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}; "
+                        "prepare the data again")
+    return meta
+
+
+def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[list[RecordRows], RecordRows, dict]:
+    """The prepared sources, after checking that they were made with this tokenizer and sequence length."""
+    directory = pathlib.Path(cfg.data.prepared_dir)
+    meta = read_meta(cfg.data.prepared_dir)
+    if meta["tokenizer"]["hash"] != tokenizer.identity()["hash"]:
+        raise DataError(f"{directory} was prepared with tokenizer {meta['tokenizer']} but the config gives "
+                        f"{tokenizer.identity()}; set data.tokenizer/data.tokenizer_path to match, or prepare again")
+    if meta["seq_len"] != cfg.train.seq_len:
+        raise DataError(f"{directory} was prepared for train.seq_len={meta['seq_len']}, the config has "
+                        f"{cfg.train.seq_len}; set train.seq_len={meta['seq_len']} or prepare again")
+    for shard in [s for source in meta["train"] for s in source["shards"]] + meta["validation"]["shards"]:
+        if not (directory / shard).is_file():
+            raise DataError(f"{directory / shard} is missing; prepare the data again")
+    row_len = meta["seq_len"] + 1
+
+    def rows(shards):
+        return RecordRows([str(directory / s) for s in shards], row_len, meta["dtype"])
+
+    return [rows(s["shards"]) for s in meta["train"]], rows(meta["validation"]["shards"]), meta
+
+
+def stats_of(meta: dict) -> SourceStats:
+    return SourceStats(collections.Counter(meta["stats"]))
