@@ -10,11 +10,12 @@ COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
     "tokenizer": "train a SentencePiece tokenizer, or encode/decode with one: llm-jax tokenizer train --help",
     "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
+    "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
 }
 
 
-def _config_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=COMMANDS[command],
+def _config_parser(command: str, description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=description or COMMANDS[command],
                                      epilog="Any config key can be overridden with --config.a.b=VALUE.")
     parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
     return parser
@@ -95,7 +96,40 @@ def _tokenizer(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench}
+def _data(argv: list[str]) -> int:
+    actions = {"prepare": "tokenize and pack the configured corpus once into ArrayRecord shards; train from them "
+                          "with --config.data.corpus=prepared --config.data.prepared_dir=OUT",
+               "bench": "print the tokens/s that the input pipeline alone produces"}
+    if not argv or argv[0] not in actions:
+        print("usage: llm-jax data {prepare,bench} --config=... [flags]\n\n" +
+              "\n".join(f"  {k:<8} {v}" for k, v in actions.items()), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    action, argv = argv[0], argv[1:]
+    parser = _config_parser(f"data {action}", actions[action])
+    if action == "prepare":
+        parser.add_argument("--out", required=True, help="directory for the shards and meta.json")
+        parser.add_argument("--rows-per-shard", type=int, default=65536)
+    else:
+        parser.add_argument("--batches", type=int, default=200, help="timed batches")
+    args, cfg = _parse_with_config(parser, argv)
+    if action == "bench":
+        from llm_jax.data.bench import bench_data
+
+        bench_data(cfg, args.batches)
+        return 0
+    from llm_jax.data.pipeline import check_sources, prepare_data
+
+    check_sources(cfg.data)
+    meta = prepare_data(cfg, args.out, args.rows_per_shard)
+    print(f"wrote {sum(s['rows'] for s in meta['train']):,} train rows ({meta['tokens']:,} tokens, "
+          f"{len(meta['train'])} source(s)) and {meta['validation']['rows']:,} validation rows of "
+          f"{meta['seq_len'] + 1} tokens to {args.out} | {meta['stats'] or 'no input problems'}\n"
+          f"train with --config.data.corpus=prepared --config.data.prepared_dir={args.out} "
+          f"--config.train.seq_len={meta['seq_len']}")
+    return 0
+
+
+HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data}
 
 
 def _usage() -> str:
