@@ -67,13 +67,20 @@ def test_bench_prints_figures_and_a_json_last_line():
     assert result["flops_per_token"] == 6 * n_matmul + 12 * 4 * 4 * 32 * 32
 
 
-def test_second_run_in_a_workdir_keeps_the_first(tmp_path):
-    args = ["train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", f"--workdir={tmp_path}",
-            "--config.train.steps=2", *SMALL]
-    assert llm_jax(*args).returncode == 0
+def test_second_run_in_a_workdir_resumes_and_one_without_checkpoints_keeps_the_first(tmp_path):
+    args = ["train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", f"--workdir={tmp_path}", *SMALL]
+    assert llm_jax(*args, "--config.train.steps=2").returncode == 0
     first = (tmp_path / "metrics.jsonl").read_text()
-    out = llm_jax(*args)
+    out = llm_jax(*args, "--config.train.steps=4")  # a longer run in the same workdir continues the first
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "moved its files to" in out.stdout
-    assert (tmp_path / "previous_runs" / "1" / "metrics.jsonl").read_text() == first
-    assert (tmp_path / "metrics.jsonl").exists()
+    assert "resumed from" in out.stdout and "step 2" in out.stdout and "step 3/4" in out.stdout
+    assert (tmp_path / "metrics.jsonl").read_text().startswith(first)
+    assert not (tmp_path / "previous_runs").exists()
+
+    for p in (tmp_path / "checkpoints").iterdir():  # without checkpoints, a run starts afresh ...
+        p.rename(tmp_path / f"moved-{p.name}")
+    all_logs = (tmp_path / "metrics.jsonl").read_text()
+    out = llm_jax(*args, "--config.train.steps=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "moved its files to" in out.stdout  # ... and keeps the earlier run's files
+    assert (tmp_path / "previous_runs" / "1" / "metrics.jsonl").read_text() == all_logs

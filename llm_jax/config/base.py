@@ -105,6 +105,12 @@ def base_config() -> ml_collections.ConfigDict:
     d.threads = 2  # reader threads per process
     d.prefetch = 8  # batches read ahead per process
 
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every_steps = 200  # save every N steps (and at the end); 0: only at the end
+    k.keep = 3  # the last K checkpoints are kept ...
+    k.keep_every = 0  # ... plus every M-th step for good; 0: none
+    k.async_save = True  # write in the background while training goes on
+
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"
     s.max_new_tokens = 200

@@ -27,9 +27,9 @@ POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
     "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
-    "train.log_every", "train.eval_batches", "data.prefetch",
+    "train.log_every", "train.eval_batches", "data.prefetch", "checkpoint.keep",
 )
-NON_NEGATIVE = ("data.workers", "data.threads")
+NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.keep_every")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):

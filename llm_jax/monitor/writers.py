@@ -37,19 +37,31 @@ def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
     return dest
 
 
+def drop_records_after(path: pathlib.Path, step: int) -> None:
+    """Keep the metrics of steps up to `step`: those after it will be logged again by the resumed run."""
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
+
+
 class Writers:
-    def __init__(self, workdir: pathlib.Path, enabled: bool | None = None):
+    def __init__(self, workdir: pathlib.Path, enabled: bool | None = None, resume_step: int = 0):
+        """`resume_step` > 0: continue the run in `workdir` from that step, dropping anything logged after it."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
         self._jsonl = self._tb = None
         self.archived = None
         if self.enabled:
-            self.archived = archive_previous_run(workdir)
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
 
+            if resume_step:
+                drop_records_after(workdir / "metrics.jsonl", resume_step)
+            else:
+                self.archived = archive_previous_run(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self._jsonl = (workdir / "metrics.jsonl").open("a", buffering=1)
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it resumes from.
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def scalars(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
         if not self.enabled:

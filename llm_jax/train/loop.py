@@ -1,7 +1,7 @@
-"""The training loop: set up from a config, step, log, evaluate, sample.
+"""The training loop: set up from a config, resume from the latest checkpoint, step, log, evaluate, save, sample.
 
 The loop dispatches step N before it fetches step N-1's metrics, so the host never waits on the device except
-to read numbers that are already computed.
+to read numbers that are already computed (and at evaluations and checkpoints, which need the state anyway).
 """
 
 import dataclasses
@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from llm_jax.checkpoint.manager import Checkpointer, check_compatible
 from llm_jax.monitor.writers import Writers, format_duration
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.sample import generate
@@ -27,12 +28,13 @@ class DivergedError(RuntimeError):
 
 @dataclasses.dataclass
 class Result:
-    train_losses: list[float]
+    train_losses: list[float]  # of the steps this invocation ran (after the checkpoint it resumed from, if any)
     eval_loss: float
     unigram_loss: float
     sample: str
     compile_s: float
     tokens_per_s: float
+    start_step: int  # 0, or the step of the checkpoint it resumed from
 
 
 def evaluate(run: Run, state: TrainState) -> float:
@@ -43,37 +45,100 @@ def evaluate(run: Run, state: TrainState) -> float:
     return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
 
 
-def _steps(run: Run, writers: Writers, handle) -> float:
-    """Run every step, evaluating as configured; returns the final evaluation loss."""
+class StepLog:
+    """Checks each step's metrics for NaN/Inf and logs them; the first step of an invocation includes compilation."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, writers: Writers, start_step: int):
+        self.t, self.writers, self.start_step = cfg.train, writers, start_step
+        self.losses: list[float] = []
+        self.begin = self.window_start = time.perf_counter()
+        self.compile_s, self.window_steps, self.tokens_per_s = 0.0, 0, 0.0
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        """Metrics of the step with index `step`; records and messages count steps from 1."""
+        t = self.t
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(metrics["loss"]):
+            raise DivergedError(f"loss is {metrics['loss']} at step {step + 1}; lower optimizer.lr, raise "
+                                "optimizer.warmup_steps or enable train.z_loss")
+        self.losses.append(metrics["loss"])
+        now = time.perf_counter()
+        if step == self.start_step:  # includes compilation: log it, but keep it out of throughput
+            self.compile_s, self.window_start = now - self.begin, now
+            self.writers.scalars(step + 1, {**metrics, "compile_s": self.compile_s})
+            self.writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | compile + first step "
+                               f"{self.compile_s:.1f}s")
+            return
+        self.window_steps += 1
+        if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
+            step_s = (now - self.window_start) / self.window_steps
+            self.tokens_per_s = t.global_batch * t.seq_len / step_s
+            metrics.update(tokens_per_s=self.tokens_per_s, steps_per_s=1 / step_s, step_time_s=step_s)
+            self.writers.scalars(step + 1, metrics)
+            self.writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                               f"grad norm {metrics['grad_norm']:.3f} | {self.tokens_per_s:,.0f} tok/s | "
+                               f"ETA {format_duration(step_s * (t.steps - step - 1))}")
+            self.window_start, self.window_steps = now, 0
+
+
+def run_meta(run: Run) -> dict:
+    return {"config": json.loads(run.cfg.to_json_best_effort()), "tokenizer": run.data.tokenizer.identity(),
+            "mesh": dict(run.mesh.shape)}
+
+
+def resume(run: Run, ckpt: Checkpointer) -> int:
+    """Restore the latest checkpoint, if any, into `run` (state and data position); return its step or 0."""
+    step = ckpt.latest_step()
+    if step is None:
+        return 0
+    check_compatible(ckpt.read_meta(step), run.data.tokenizer.identity(), ckpt.directory / str(step))
+    run.state, data_state, _ = ckpt.restore(step, run.state, run.state_sharding)
+    run.data.train.set_state(data_state)
+    return step
+
+
+def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int) -> float:
+    """Run the steps from `start` on, evaluating and saving as configured; returns the final evaluation loss."""
     t, state, pending = run.cfg.train, run.state, None
-    for step in range(t.steps):
+    for step in range(start, t.steps):
         batch = to_global(next(run.data.train), run.batch_sharding)
         state, metrics = run.jit_train(state, batch)
         if pending is not None:
-            handle(*pending)
-        pending = (step, metrics)
-        if t.eval_every and (step + 1) % t.eval_every == 0 and step + 1 < t.steps:
-            handle(*pending)
+            log(*pending)
+        pending, done = (step, metrics), step + 1
+        evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
+        if evaluate_now or ckpt.should_save(done) or done == t.steps:
+            log(*pending)  # a checkpoint never holds a state whose loss was not checked
             pending = None
-            eval_loss = evaluate(run, state)
-            writers.scalars(step + 1, {"loss": eval_loss}, prefix="eval_")
-            writers.print(f"eval at step {step + 1}: loss {eval_loss:.4f}")
-    handle(*pending)
+            run.state = state
+            if ckpt.should_save(done) or done == t.steps:
+                ckpt.save(done, state, run.data.train.get_state(), run_meta(run))
+            if evaluate_now:
+                eval_loss = evaluate(run, state)
+                writers.scalars(done, {"loss": eval_loss}, prefix="eval_")
+                writers.print(f"eval at step {done}: loss {eval_loss:.4f}")
+    if pending is not None:
+        log(*pending)
     run.state = state
     return evaluate(run, state)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
-    """Train from scratch as `cfg` says, on `devices` (default: all)."""
+    """Train as `cfg` says on `devices` (default: all), resuming from the workdir's latest checkpoint if any."""
     workdir = pathlib.Path(workdir)
     run = build_run(cfg, devices)
     cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
-    writers = Writers(workdir)
+    ckpt = Checkpointer(workdir, cfg.checkpoint)
+    start = resume(run, ckpt)
+    writers = Writers(workdir, resume_step=start)
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
     if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
         (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
+    if start:
+        writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
+                      f"{data.train.examples:,} examples read")
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
                   f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
     if cfg.data.corpus != "shakespeare":
@@ -83,54 +148,30 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
                   f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
 
-    tokens_per_step = t.global_batch * t.seq_len
-    losses: list[float] = []
-    start = time.perf_counter()
-    compile_s, window_start, window_steps, tokens_per_s = 0.0, start, 0, 0.0
-
-    def handle(step: int, metrics: dict) -> None:
-        """Check and log the metrics of the step with index `step`; records and messages count from 1."""
-        nonlocal compile_s, window_start, window_steps, tokens_per_s
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(metrics["loss"]):
-            raise DivergedError(f"loss is {metrics['loss']} at step {step + 1}; lower optimizer.lr, raise "
-                                "optimizer.warmup_steps or enable train.z_loss")
-        losses.append(metrics["loss"])
-        now = time.perf_counter()
-        if step == 0:  # the first step includes compilation: log it, but keep it out of throughput
-            compile_s, window_start = now - start, now
-            writers.scalars(1, {**metrics, "compile_s": compile_s})
-            writers.print(f"step 1/{t.steps} | loss {metrics['loss']:.4f} | compile + first step {compile_s:.1f}s")
-            return
-        window_steps += 1
-        if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            step_s = (now - window_start) / window_steps
-            tokens_per_s = tokens_per_step / step_s
-            metrics.update(tokens_per_s=tokens_per_s, steps_per_s=1 / step_s, step_time_s=step_s)
-            writers.scalars(step + 1, metrics)
-            writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
-                          f"grad norm {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | "
-                          f"ETA {format_duration(step_s * (t.steps - step - 1))}")
-            window_start, window_steps = now, 0
-
+    log = StepLog(cfg, writers, start)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-            eval_loss = _steps(run, writers, handle)
+            eval_loss = _steps(run, ckpt, writers, log, start)
     finally:
         data.train.close()
+        ckpt.wait()
+        ckpt.close()
     writers.scalars(t.steps, {"loss": eval_loss, "perplexity": math.exp(eval_loss)}, prefix="eval_")
-
-    s = cfg.sample
-    new_ids = generate(run.state.model, run.state.params, data.tokenizer.encode(s.prompt), s.max_new_tokens, t.seq_len,
-                       s.temperature, s.seed)[0]
-    sample = s.prompt + data.tokenizer.decode(new_ids)
+    sample = _sample(run)
     writers.text(t.steps, "samples", sample)
     if writers.enabled:
         (workdir / "samples.txt").write_text(sample + "\n")
     writers.print(f"\nvalidation loss {eval_loss:.4f} (perplexity {math.exp(eval_loss):.2f}) | unigram baseline "
-                  f"{data.unigram_loss:.4f} | {tokens_per_s:,.0f} tok/s\n--- sample ---\n{sample}\n--------------")
+                  f"{data.unigram_loss:.4f} | {log.tokens_per_s:,.0f} tok/s\n--- sample ---\n{sample}\n"
+                  "--------------")
     writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | "
-                  f"tensorboard --logdir={workdir / 'tensorboard'}")
+                  f"tensorboard --logdir={workdir / 'tensorboard'} | checkpoints: {ckpt.directory}")
     writers.close()
-    return Result(losses, eval_loss, data.unigram_loss, sample, compile_s, tokens_per_s)
+    return Result(log.losses, eval_loss, data.unigram_loss, sample, log.compile_s, log.tokens_per_s, start)
 
+
+def _sample(run: Run) -> str:
+    s, tok = run.cfg.sample, run.data.tokenizer
+    new_ids = generate(run.state.model, run.state.params, tok.encode(s.prompt), s.max_new_tokens,
+                       run.cfg.train.seq_len, s.temperature, s.seed)[0]
+    return s.prompt + tok.decode(new_ids)

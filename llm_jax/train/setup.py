@@ -51,6 +51,7 @@ class Run:
     rules: tuple
     data: Data
     state: TrainState
+    state_sharding: TrainState  # the same tree, of NamedShardings
     batch_sharding: NamedSharding
     jit_train: jax.stages.Wrapped  # (state, batch) -> (state, metrics), state donated
     jit_eval: jax.stages.Wrapped  # (state, batch) -> {loss_sum, tokens}
@@ -72,4 +73,4 @@ def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Ru
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
                         donate_argnums=0)
     jit_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated(mesh))
-    return Run(cfg, mesh, rules, data, state, batch_sh, jit_train, jit_eval)
+    return Run(cfg, mesh, rules, data, state, state_sh, batch_sh, jit_train, jit_eval)

@@ -1,0 +1,72 @@
+"""Checkpoints: an Orbax CheckpointManager over <workdir>/checkpoints, saving asynchronously.
+
+Each checkpoint holds three items: `state` (step, params, optimizer state; restored onto whatever mesh the run
+has now), `data` (the loader's state: global examples consumed) and `meta` (resolved config, tokenizer identity,
+mesh). Orbax writes each step to a temporary directory and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint as the latest one.
+"""
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used for this run; the message says why and what to do."""
+
+
+def _arrays(state) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | pathlib.Path, c: ml_collections.ConfigDict):
+        self.every_steps = c.every_steps
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=c.keep, keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save,
+            create=True)
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        """Start writing; returns once the arrays are copied off the devices (the write goes on in background)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, state, shardings) -> tuple[Any, dict, dict]:
+        """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state and meta."""
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              _arrays(state), _arrays(shardings))
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        arrays = restored["state"]
+        return state.replace(**arrays), dict(restored["data"]), dict(restored["meta"])
+
+    def read_meta(self, step: int) -> dict:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def check_compatible(meta: dict, tokenizer_identity: dict, where: pathlib.Path) -> None:
+    """Refuse to resume with another tokenizer: token ids would silently mean different text."""
+    saved = meta.get("tokenizer", {})
+    if saved.get("hash") != tokenizer_identity["hash"]:
+        raise CheckpointError(f"{where} was trained with tokenizer {saved} but the config gives {tokenizer_identity}; "
+                              "set data.tokenizer/data.tokenizer_path to the run's tokenizer, or use a new workdir")

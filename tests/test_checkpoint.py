@@ -1,0 +1,85 @@
+"""Checkpoints: a resumed run continues with the same batches and bitwise the same losses, also after SIGKILL;
+a checkpoint from another tokenizer is refused."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from llm_jax.checkpoint.manager import CheckpointError
+from llm_jax.train.loop import train
+from tests.conftest import REPO, TRAIN_CONFIG, small_config
+from tests.test_cli import SMALL
+
+
+def _config(steps=8, every=4, **data):
+    cfg = small_config()
+    cfg.train.steps, cfg.checkpoint.every_steps, cfg.train.log_every = steps, every, 1
+    for k, v in data.items():
+        cfg.data[k] = v
+    return cfg
+
+
+def test_resume_continues_with_the_same_batches_and_losses(tmp_path):
+    devices = jax.devices()[:1]
+    whole = train(_config(), tmp_path / "whole", devices)
+    assert sorted(int(p.name) for p in (tmp_path / "whole" / "checkpoints").iterdir()) == [4, 8]
+
+    run = tmp_path / "run"
+    train(_config(), run, devices)
+    shutil.rmtree(run / "checkpoints" / "8")  # as if the run had died between the saves at steps 4 and 8
+    resumed = train(_config(workers=1), run, devices)  # with a worker process this time
+    assert resumed.start_step == 4
+    assert resumed.train_losses == whole.train_losses[4:], "resumed losses must equal the uninterrupted run's"
+    assert resumed.eval_loss == whole.eval_loss
+    # The metrics log holds each step once: what the first attempt logged after step 4 was dropped.
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path):
+    from llm_jax.data.tokenizer_train import train_sentencepiece
+
+    devices = jax.devices()[:1]
+    train(_config(steps=2, every=2), tmp_path / "run", devices)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words to train a tokenizer on, and a few more words.\n" * 200)
+    tok = train_sentencepiece([str(corpus)], 300, "bpe", tmp_path / "tok")
+    cfg = _config(steps=4, every=2, tokenizer="sentencepiece", tokenizer_path=str(tok.model_path))
+    with pytest.raises(CheckpointError, match="trained with tokenizer"):
+        train(cfg, tmp_path / "run", devices)
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r and "eval_loss" not in r}
+
+
+def test_sigkill_then_restart_gives_bitwise_the_same_losses(tmp_path):
+    args = [sys.executable, "-m", "llm_jax", "train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", *SMALL,
+            "--config.train.steps=30", "--config.train.log_every=1", "--config.checkpoint.every_steps=5"]
+    subprocess.run([*args, f"--workdir={tmp_path / 'whole'}"], cwd=REPO, check=True, capture_output=True)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*args, f"--workdir={run}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in run.glob("checkpoints/*") if p.name.isdigit()]  # complete checkpoints only
+        if any(s >= 10 for s in done):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run([*args, f"--workdir={run}"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout
+    whole, resumed = _losses(tmp_path / "whole"), _losses(run)
+    assert sorted(resumed) == list(range(1, 31))
+    assert resumed == whole, "every step's loss must be bitwise equal to the uninterrupted run's"
