@@ -83,3 +83,61 @@ def test_sigkill_then_restart_gives_bitwise_the_same_losses(tmp_path):
     whole, resumed = _losses(tmp_path / "whole"), _losses(run)
     assert sorted(resumed) == list(range(1, 31))
     assert resumed == whole, "every step's loss must be bitwise equal to the uninterrupted run's"
+
+
+def _truncate_all(directory):
+    for f in directory.rglob("*"):
+        if f.is_file() and f.stat().st_size > 1:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def test_a_damaged_latest_checkpoint_is_reported_and_skipped_not_deleted(tmp_path, capsys):
+    devices = jax.devices()[:1]
+    whole = train(_config(), tmp_path / "whole", devices)
+    run = tmp_path / "run"
+    train(_config(), run, devices)
+    shutil.rmtree(run / "checkpoints" / "8")  # the run died after step 4's save ...
+    train(_config(steps=6, every=6), run, devices)  # ... a second attempt saved step 6, then its files were damaged
+    _truncate_all(run / "checkpoints" / "6" / "state")
+    capsys.readouterr()
+    resumed = train(_config(), run, devices)
+    assert resumed.start_step == 4
+    assert "checkpoints/6 is unreadable" in capsys.readouterr().out
+    assert (run / "checkpoints" / "6").exists(), "a damaged checkpoint is left for inspection"
+    assert resumed.train_losses == whole.train_losses[4:]
+
+
+def test_a_checkpoint_of_another_model_names_the_mismatched_parameters(tmp_path):
+    devices = jax.devices()[:1]
+    train(_config(steps=2, every=2), tmp_path, devices)
+    cfg = _config(steps=4, every=2)
+    cfg.model.mlp_dim = 96
+    with pytest.raises(CheckpointError, match=r"holds another model: .*mlp.*checkpoint \(2, 64, 128\), model "
+                                              r"\(2, 64, 96\)"):
+        train(cfg, tmp_path, devices)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0_then_resumes_exactly(tmp_path):
+    args = [sys.executable, "-m", "llm_jax", "train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", *SMALL,
+            "--config.train.steps=200", "--config.train.log_every=1", "--config.checkpoint.every_steps=1000"]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*args, f"--workdir={run}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_losses_if_any(run)) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(stopped) == 1 and 5 <= stopped[0] < 200
+    assert f"stopped by signal {int(signal.SIGTERM)} after step {stopped[0]}" in stdout
+    assert max(_losses(run)) == stopped[0], "every step up to the stop is logged, none after"
+
+    out = subprocess.run([*args, "--config.train.steps=" + str(stopped[0] + 3), f"--workdir={run}"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and f"resumed from {run / 'checkpoints' / str(stopped[0])}" in out.stdout
+
+
+def _losses_if_any(workdir):
+    return _losses(workdir) if (workdir / "metrics.jsonl").exists() else {}

@@ -31,10 +31,16 @@ class Checkpointer:
             max_to_keep=c.keep, keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save,
             create=True)
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of complete checkpoints (orbax renames a step's directory into place only when it is whole)."""
+        return list(self.manager.all_steps())
 
     def should_save(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
@@ -45,8 +51,22 @@ class Checkpointer:
             state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta)), force=True)
 
+    def check_shapes(self, step: int, state) -> None:
+        """A checkpoint of another model is an error naming each parameter whose shape differs."""
+        saved = _shapes(self.manager.item_metadata(step)["state"]["params"])
+        now = _shapes(state.params)
+        problems = [f"{k}: checkpoint {saved[k]}, model {now[k]}" for k in sorted(saved.keys() & now.keys())
+                    if saved[k] != now[k]]
+        problems += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - now.keys())]
+        problems += [f"{k}: only in the model" for k in sorted(now.keys() - saved.keys())]
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise CheckpointError(f"{self.directory / str(step)} holds another model: {shown}. Use the config it was "
+                                  "trained with (see its config.json), or a new workdir")
+
     def restore(self, step: int, state, shardings) -> tuple[Any, dict, dict]:
         """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state and meta."""
+        self.check_shapes(step, state)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               _arrays(state), _arrays(shardings))
         restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -62,6 +82,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def check_compatible(meta: dict, tokenizer_identity: dict, where: pathlib.Path) -> None:

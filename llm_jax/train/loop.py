@@ -14,9 +14,10 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from llm_jax.checkpoint.manager import Checkpointer, check_compatible
+from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
 from llm_jax.monitor.writers import Writers, format_duration
 from llm_jax.parallel.sharding import to_global
+from llm_jax.train.preemption import StopRequest
 from llm_jax.train.sample import generate
 from llm_jax.train.setup import Run, build_run
 from llm_jax.train.state import TrainState
@@ -35,6 +36,7 @@ class Result:
     compile_s: float
     tokens_per_s: float
     start_step: int  # 0, or the step of the checkpoint it resumed from
+    stopped_at: int | None = None  # the step after which a SIGTERM/SIGINT stopped the run
 
 
 def evaluate(run: Run, state: TrainState) -> float:
@@ -86,19 +88,30 @@ def run_meta(run: Run) -> dict:
             "mesh": dict(run.mesh.shape)}
 
 
-def resume(run: Run, ckpt: Checkpointer) -> int:
-    """Restore the latest checkpoint, if any, into `run` (state and data position); return its step or 0."""
-    step = ckpt.latest_step()
-    if step is None:
-        return 0
-    check_compatible(ckpt.read_meta(step), run.data.tokenizer.identity(), ckpt.directory / str(step))
-    run.state, data_state, _ = ckpt.restore(step, run.state, run.state_sharding)
-    run.data.train.set_state(data_state)
-    return step
+def resume(run: Run, ckpt: Checkpointer, say) -> int:
+    """Restore the latest readable checkpoint, if any, into `run` (state and data position); return its step or 0.
+
+    A damaged checkpoint is reported and skipped for the one before it, never deleted.
+    """
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        where = ckpt.directory / str(step)
+        try:
+            check_compatible(ckpt.read_meta(step), run.data.tokenizer.identity(), where)
+            run.state, data_state, _ = ckpt.restore(step, run.state, run.state_sharding)
+        except CheckpointError:
+            raise
+        except Exception as e:  # orbax raises several types for missing or truncated files
+            say(f"warning: checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying the "
+                "one before it (this one is left in place for inspection)")
+            continue
+        run.data.train.set_state(data_state)
+        return step
+    return 0
 
 
-def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int) -> float:
-    """Run the steps from `start` on, evaluating and saving as configured; returns the final evaluation loss."""
+def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest) -> int:
+    """Run the steps from `start` on, evaluating and saving as configured; return the last step done (less than
+    train.steps when a stop was requested: then a checkpoint of that step has been written)."""
     t, state, pending = run.cfg.train, run.state, None
     for step in range(start, t.steps):
         batch = to_global(next(run.data.train), run.batch_sharding)
@@ -107,12 +120,15 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
             log(*pending)
         pending, done = (step, metrics), step + 1
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
-        if evaluate_now or ckpt.should_save(done) or done == t.steps:
+        stopping = stop.agreed()
+        if evaluate_now or ckpt.should_save(done) or done == t.steps or stopping:
             log(*pending)  # a checkpoint never holds a state whose loss was not checked
             pending = None
             run.state = state
-            if ckpt.should_save(done) or done == t.steps:
+            if ckpt.should_save(done) or done == t.steps or stopping:
                 ckpt.save(done, state, run.data.train.get_state(), run_meta(run))
+            if stopping:
+                return done
             if evaluate_now:
                 eval_loss = evaluate(run, state)
                 writers.scalars(done, {"loss": eval_loss}, prefix="eval_")
@@ -120,7 +136,7 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
     if pending is not None:
         log(*pending)
     run.state = state
-    return evaluate(run, state)
+    return t.steps
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
@@ -129,7 +145,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     run = build_run(cfg, devices)
     cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
     ckpt = Checkpointer(workdir, cfg.checkpoint)
-    start = resume(run, ckpt)
+    start = resume(run, ckpt, print if jax.process_index() == 0 else lambda _: None)
     writers = Writers(workdir, resume_step=start)
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
@@ -148,11 +164,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
                   f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
 
-    log = StepLog(cfg, writers, start)
+    log, stop = StepLog(cfg, writers, start), StopRequest()
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-            eval_loss = _steps(run, ckpt, writers, log, start)
+            last = _steps(run, ckpt, writers, log, start, stop)
+            if last < t.steps:
+                ckpt.wait()
+                writers.print(f"stopped by signal {stop.signal} after step {last}: checkpoint "
+                              f"{ckpt.directory / str(last)} written; run the same command again to resume")
+                writers.close()
+                return Result(log.losses, math.nan, data.unigram_loss, "", log.compile_s, log.tokens_per_s, start,
+                              stopped_at=last)
+            eval_loss = evaluate(run, run.state)
     finally:
+        stop.restore()
         data.train.close()
         ckpt.wait()
         ckpt.close()
