@@ -64,15 +64,14 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory / str(step)} holds another model: {shown}. Use the config it was "
                                   "trained with (see its config.json), or a new workdir")
 
-    def restore(self, step: int, state, shardings) -> tuple[Any, dict, dict]:
-        """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state and meta."""
+    def restore(self, step: int, state, shardings) -> tuple[Any, dict]:
+        """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state."""
         self.check_shapes(step, state)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               _arrays(state), _arrays(shardings))
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-        arrays = restored["state"]
-        return state.replace(**arrays), dict(restored["data"]), dict(restored["meta"])
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        return state.replace(**restored["state"]), dict(restored["data"])
 
     def read_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])

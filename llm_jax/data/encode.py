@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from grain import MapDataset
 
-from llm_jax.data.loader import mark_flags_parsed
+from llm_jax.data.loader import with_workers
 from llm_jax.data.sources import SourceOptions, SourceStats, expand, read_file
 from llm_jax.data.tokenizer import Tokenizer
 
@@ -46,8 +46,7 @@ def encode_units(units: list[Unit], tokenizer: Tokenizer, opts: SourceOptions, s
     """The token ids of every document of every unit, in order; problems are counted into `stats`."""
     ds = MapDataset.source(units).map(EncodeUnit(tokenizer, opts))
     if workers:
-        mark_flags_parsed()
-        it = iter(ds.to_iter_dataset().mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers)))
+        it = iter(with_workers(ds.to_iter_dataset(), workers))
         try:
             results = list(it)
         finally:

@@ -11,20 +11,37 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
-from grain import MapDataset
+from grain import IterDataset, MapDataset
 
 from llm_jax.data.packing import Rows, positions_from_segments
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32 [local_batch, seq_len + 1]
 
 
+def compact_dtype(*rows: Rows) -> np.dtype:
+    """uint16 when every token id and segment id fits: half the memory, disk and inter-process traffic."""
+    largest = max(max(int(r["tokens"].max(initial=0)), int(r["segment_ids"].max(initial=0))) for r in rows)
+    return np.dtype(np.uint16 if largest < 2**16 else np.int32)
+
+
+def stacked(rows: Rows, dtype: np.dtype) -> np.ndarray:
+    """[rows, 2, row_len]: each row's tokens, then its segment ids (positions are derived from them)."""
+    return np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(dtype)
+
+
+def with_workers(ds: IterDataset, workers: int) -> IterDataset:
+    """`ds` computed in `workers` grain processes (none: in this process)."""
+    if not workers:
+        return ds
+    mark_flags_parsed()
+    return ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers))
+
+
 class MemoryRows:
     """Packed rows held in memory (tokens and segment ids); a grain random-access source."""
 
     def __init__(self, rows: Rows):
-        small = rows["tokens"].max(initial=0) < 2**16 and rows["segment_ids"].max(initial=0) < 2**16
-        dtype = np.uint16 if small else np.int32  # halves what each worker process receives
-        self.data = np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(dtype)
+        self.data = stacked(rows, compact_dtype(rows))
 
     def __len__(self) -> int:
         return len(self.data)
@@ -86,10 +103,7 @@ class Loader:
         if self._iterator is None:
             ds = self._batches(self.examples).to_iter_dataset(
                 grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.prefetch))
-            if self.workers:
-                mark_flags_parsed()
-                ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=self.workers))
-            self._iterator = iter(ds)
+            self._iterator = iter(with_workers(ds, self.workers))
         batch = next(self._iterator)
         self.examples += self.global_batch
         return batch

@@ -52,6 +52,10 @@ def unigram_loss(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: 
     return float(-np.log(counts / counts.sum())[eval_tokens].mean())
 
 
+def rows_unigram_loss(train: list[Rows], validation: Rows, vocab_size: int) -> float:
+    return unigram_loss(np.concatenate([targets(r) for r in train]), targets(validation), vocab_size)
+
+
 def targets(rows: Rows) -> np.ndarray:
     """The tokens that the loss predicts (every non-padding token that follows one of its own document)."""
     seg = rows["segment_ids"]
@@ -139,8 +143,7 @@ def make_data(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None
     else:
         stats = SourceStats()
         train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
-        unigram = unigram_loss(np.concatenate([targets(r) for r in train_rows]), targets(eval_rows),
-                               tokenizer.vocab_size)
+        unigram = rows_unigram_loss(train_rows, eval_rows, tokenizer.vocab_size)
         train_sources, eval_source = [MemoryRows(r) for r in train_rows], MemoryRows(eval_rows)
     train, evaluation, weights = make_loaders(cfg, train_sources, eval_source, process_index, process_count)
     return Data(tokenizer, train, evaluation, unigram, stats, weights)
@@ -153,7 +156,6 @@ def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int =
     train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
     meta = {"tokenizer": tokenizer.identity(), "seq_len": cfg.train.seq_len, "packing": cfg.data.packing,
             "sources": source_groups(cfg.data.train_files) if cfg.data.corpus == "files" else [cfg.data.corpus],
-            "unigram_loss": unigram_loss(np.concatenate([targets(r) for r in train_rows]), targets(eval_rows),
-                                         tokenizer.vocab_size),
+            "unigram_loss": rows_unigram_loss(train_rows, eval_rows, tokenizer.vocab_size),
             "tokens": int(sum((r["segment_ids"] != 0).sum() for r in train_rows)), "stats": dict(stats.counts)}
     return prepared.write(out, train_rows, eval_rows, meta, rows_per_shard)

@@ -18,6 +18,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from llm_jax.data.loader import compact_dtype, stacked
 from llm_jax.data.packing import Rows
 from llm_jax.data.sources import DataError, SourceStats
 from llm_jax.data.tokenizer import Tokenizer
@@ -44,7 +45,7 @@ class RecordRows:
 def _write_shards(out: pathlib.Path, prefix: str, rows: Rows, dtype: np.dtype, rows_per_shard: int) -> list[str]:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    data = np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(dtype)
+    data = stacked(rows, dtype)
     names = []
     for shard, start in enumerate(range(0, len(data), rows_per_shard)):
         names.append(f"{prefix}-{shard:05d}.arrayrecord")
@@ -61,8 +62,7 @@ def write(out: str | pathlib.Path, train: list[Rows], validation: Rows, meta: di
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
-    largest = max(int(r["tokens"].max(initial=0)) for r in [*train, validation])
-    dtype = np.dtype(np.uint16 if largest < 2**16 and validation["tokens"].shape[1] < 2**16 else np.int32)
+    dtype = compact_dtype(*train, validation)
     meta = {**meta, "format_version": FORMAT_VERSION, "dtype": dtype.name,
             "train": [{"rows": len(r["tokens"]), "shards": _write_shards(out, f"train-{i}", r, dtype, rows_per_shard)}
                       for i, r in enumerate(train)],

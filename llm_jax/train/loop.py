@@ -97,7 +97,7 @@ def resume(run: Run, ckpt: Checkpointer, say) -> int:
         where = ckpt.directory / str(step)
         try:
             check_compatible(ckpt.read_meta(step), run.data.tokenizer.identity(), where)
-            run.state, data_state, _ = ckpt.restore(step, run.state, run.state_sharding)
+            run.state, data_state = ckpt.restore(step, run.state, run.state_sharding)
         except CheckpointError:
             raise
         except Exception as e:  # orbax raises several types for missing or truncated files
@@ -121,11 +121,12 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
         pending, done = (step, metrics), step + 1
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
         stopping = stop.agreed()
-        if evaluate_now or ckpt.should_save(done) or done == t.steps or stopping:
+        save_now = ckpt.should_save(done) or done == t.steps or stopping
+        if evaluate_now or save_now:
             log(*pending)  # a checkpoint never holds a state whose loss was not checked
             pending = None
             run.state = state
-            if ckpt.should_save(done) or done == t.steps or stopping:
+            if save_now:
                 ckpt.save(done, state, run.data.train.get_state(), run_meta(run))
             if stopping:
                 return done
