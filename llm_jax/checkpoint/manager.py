@@ -21,7 +21,7 @@ class CheckpointError(RuntimeError):
 
 
 def _arrays(state) -> dict:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "guard": state.guard}
 
 
 class Checkpointer:
@@ -53,8 +53,9 @@ class Checkpointer:
 
     def check_shapes(self, step: int, state) -> None:
         """A checkpoint of another model is an error naming each parameter whose shape differs."""
-        saved = _shapes(self.manager.item_metadata(step)["state"]["params"])
-        now = _shapes(state.params)
+        saved_state = self.manager.item_metadata(step)["state"]
+        saved = _shapes({"params": saved_state["params"], "guard": saved_state.get("guard", {})})
+        now = _shapes({"params": state.params, "guard": state.guard})
         problems = [f"{k}: checkpoint {saved[k]}, model {now[k]}" for k in sorted(saved.keys() & now.keys())
                     if saved[k] != now[k]]
         problems += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - now.keys())]

@@ -70,6 +70,12 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_every = 0  # 0: evaluate only at the end
     t.eval_batches = 8
     t.z_loss = 0.0  # weight of log(Z)^2, keeps the softmax normaliser near 1
+    # A step whose loss or gradients are NaN/Inf: stop (exit non-zero naming the step; nothing bad is saved) or
+    # skip (keep the old parameters and optimizer state, count it, go on with the next batch)
+    t.nan_policy = "stop"
+    t.spike_k = 0.0  # >0: also skip an update whose loss is above mean + k * std of the last spike_window losses
+    t.spike_window = 100
+    t.max_skips_in_a_row = 10  # this many skipped updates in a row end the run (it is not recovering)
 
     c.optimizer = o = ml_collections.ConfigDict()
     o.lr = 2e-3

@@ -22,12 +22,14 @@ CHOICES = {
     "data.bad_utf8": ("replace", "skip"),
     "data.bad_json": ("fail", "skip"),
     "data.tokenizer": ("byte", "sentencepiece"),
+    "train.nan_policy": ("stop", "skip"),
 }
 POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
     "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
-    "train.log_every", "train.eval_batches", "data.prefetch", "checkpoint.keep",
+    "train.log_every", "train.eval_batches", "train.spike_window", "train.max_skips_in_a_row", "data.prefetch",
+    "checkpoint.keep",
 )
 NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.keep_every")
 
@@ -165,6 +167,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         raise ConfigError(f"optimizer.decay_fraction={cfg.optimizer.decay_fraction} must be in (0, 1]")
     if t.z_loss < 0:
         raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0")
+    if t.spike_k < 0:
+        raise ConfigError(f"train.spike_k={t.spike_k} must be >= 0 (0 turns loss-spike skipping off)")
     if cfg.optimizer.warmup_steps < 0:  # above train.steps is allowed: a short smoke run just warms up
         raise ConfigError(f"optimizer.warmup_steps={cfg.optimizer.warmup_steps} must be >= 0")
     return mesh_shape

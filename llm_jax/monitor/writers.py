@@ -4,6 +4,7 @@ Only process 0 writes; the others get writers that do nothing, so callers never 
 """
 
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -69,6 +70,8 @@ class Writers:
         record = {"step": step, "time": round(time.time(), 3), **{prefix + k: v for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         for k, v in metrics.items():
+            if not math.isfinite(v):  # a skipped NaN step: kept in metrics.jsonl, left out of the plots
+                continue
             self._tb.add_scalar(prefix.rstrip("_") + "/" + k if prefix else "train/" + k, v, step)
 
     def text(self, step: int, tag: str, text: str) -> None:

@@ -50,19 +50,34 @@ def evaluate(run: Run, state: TrainState) -> float:
 class StepLog:
     """Checks each step's metrics for NaN/Inf and logs them; the first step of an invocation includes compilation."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, writers: Writers, start_step: int):
+    def __init__(self, cfg: ml_collections.ConfigDict, writers: Writers, start_step: int, skipped: int = 0):
         self.t, self.writers, self.start_step = cfg.train, writers, start_step
         self.losses: list[float] = []
         self.begin = self.window_start = time.perf_counter()
         self.compile_s, self.window_steps, self.tokens_per_s = 0.0, 0, 0.0
+        self.skipped = skipped  # skipped updates so far (a resumed run starts from its checkpoint's count)
+
+    def _check(self, step: int, metrics: dict) -> None:
+        """NaN/Inf and skipped updates (the step itself decided whether to skip; see guard.py)."""
+        t, shown = self.t, f"loss {metrics['loss']:.4g}, gradient norm {metrics['grad_norm']:.4g}"
+        advice = "lower optimizer.lr, raise optimizer.warmup_steps or enable train.z_loss"
+        if "skipped" in metrics and metrics["skipped"] > self.skipped:
+            self.skipped = int(metrics["skipped"])
+            self.writers.print(f"warning: step {step + 1}: update skipped ({shown}); {self.skipped} skipped so far")
+            if metrics["skip_streak"] >= t.max_skips_in_a_row:
+                raise DivergedError(f"{int(metrics['skip_streak'])} updates in a row were skipped, up to step "
+                                    f"{step + 1} ({shown}; train.max_skips_in_a_row={t.max_skips_in_a_row}); "
+                                    f"{advice}, then resume from the last checkpoint")
+            return
+        if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm", "param_norm")):
+            raise DivergedError(f"step {step + 1} diverged ({shown}, parameter norm {metrics['param_norm']:.4g}); "
+                                f"nothing from it was saved. {advice}, or set train.nan_policy=skip")
 
     def __call__(self, step: int, metrics: dict) -> None:
         """Metrics of the step with index `step`; records and messages count steps from 1."""
         t = self.t
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(metrics["loss"]):
-            raise DivergedError(f"loss is {metrics['loss']} at step {step + 1}; lower optimizer.lr, raise "
-                                "optimizer.warmup_steps or enable train.z_loss")
+        self._check(step, metrics)
         self.losses.append(metrics["loss"])
         now = time.perf_counter()
         if step == self.start_step:  # includes compilation: log it, but keep it out of throughput
@@ -165,7 +180,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
                   f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
 
-    log, stop = StepLog(cfg, writers, start), StopRequest()
+    log, stop = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"]))), StopRequest()
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
             last = _steps(run, ckpt, writers, log, start, stop)

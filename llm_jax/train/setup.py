@@ -18,6 +18,7 @@ from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.models import build_model
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import batch_sharding, replicated
+from llm_jax.train.guard import GuardOptions
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
 from llm_jax.train.step import eval_step, train_step
@@ -66,7 +67,8 @@ def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Ru
     t = cfg.train
     data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     tx, schedule = make_optimizer(cfg.optimizer, t.steps)
-    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule)
+    guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
+    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
     batch_sh = batch_sharding(mesh, rules)

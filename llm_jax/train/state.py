@@ -16,6 +16,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from llm_jax.parallel.sharding import Rules, check_rules_cover, logical_shardings, replicated
+from llm_jax.train.guard import GuardOptions, init_guard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class StepOptions:
     z_loss: float = 0.0
     grad_accum: int = 1
     schedule: Callable | None = None  # for logging the learning rate of each step
+    guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)
 
 
 @struct.dataclass
@@ -32,6 +34,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    guard: dict  # the bad-update guard's state (see guard.py); tiny and replicated
     model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     options: StepOptions = struct.field(pytree_node=False)
@@ -63,13 +66,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, optio
     def init(rng: jax.Array) -> TrainState:
         params = nn.unbox(model.init(rng, *_dummy_inputs(seq_len))["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          model=model, tx=tx, options=options)
+                          guard=init_guard(options.guard.window), model=model, tx=tx, options=options)
 
     rng = jax.random.key(seed)
     abstract = jax.eval_shape(init, rng)
     # Optimizer moments mirror the parameters' shardings; scalars (step counts) are replicated.
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params_sh,
                                    transform_non_params=lambda _: replicated(mesh))
-    shardings = abstract.replace(step=replicated(mesh), params=params_sh, opt_state=opt_sh)
+    shardings = abstract.replace(step=replicated(mesh), params=params_sh, opt_state=opt_sh,
+                                 guard=jax.tree.map(lambda _: replicated(mesh), abstract.guard))
     state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings

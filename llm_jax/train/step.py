@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llm_jax.train.guard import decide, keep_if
 from llm_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -61,17 +62,23 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    loss, grad_norm, guard = ce_sum / total_tokens, optax.tree.norm(grads), state.guard
+    if state.options.guard.active:  # static: without a guard the step has no extra select
+        skip, guard = decide(guard, loss, grad_norm, state.options.guard)
+        params, opt_state = keep_if(skip, (state.params, state.opt_state), (params, opt_state))
     metrics = {
-        "loss": ce_sum / total_tokens,
+        "loss": loss,
         "z_loss": z_sum / total_tokens,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(params),
         "update_norm": optax.tree.norm(updates),
         "tokens": total_tokens,
     }
     if state.options.schedule is not None:
         metrics["lr"] = jnp.asarray(state.options.schedule(state.step), jnp.float32)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    if state.options.guard.active:
+        metrics.update(skipped=guard["skipped"].astype(jnp.float32), skip_streak=guard["streak"].astype(jnp.float32))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard), metrics
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
