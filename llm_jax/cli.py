@@ -50,8 +50,18 @@ def _bench(argv: list[str]) -> int:
     parser = _config_parser("bench")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="time checkpoint save/restore instead of the train step (--steps steps per phase)")
+    parser.add_argument("--dir", default=None,
+                        help="with --checkpoint: where to write (a temporary directory inside it, deleted after); "
+                             "default: the system's temporary directory")
     args, cfg = _parse_with_config(parser, argv)
 
+    if args.checkpoint:
+        from llm_jax.checkpoint.bench import bench_checkpoint
+
+        bench_checkpoint(cfg, args.dir, steps=args.steps)
+        return 0
     from llm_jax.train.bench import bench
 
     bench(cfg, steps=args.steps, warmup=args.warmup)

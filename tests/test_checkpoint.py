@@ -141,3 +141,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_0_then_resumes_exactly(tmp_path):
 
 def _losses_if_any(workdir):
     return _losses(workdir) if (workdir / "metrics.jsonl").exists() else {}
+
+
+def _saved(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_keep_the_last_k_plus_every_m_th_and_save_by_the_clock(tmp_path):
+    devices = jax.devices()[:1]
+    cfg = _config(steps=8, every=1)
+    cfg.checkpoint.keep, cfg.checkpoint.keep_every = 2, 4
+    train(cfg, tmp_path / "kept", devices)
+    assert _saved(tmp_path / "kept") == [4, 7, 8]
+
+    cfg = _config(steps=3, every=0)  # no step rule: only the clock (due after every step here) and the end
+    cfg.checkpoint.every_minutes, cfg.checkpoint.keep = 1e-9, 10
+    train(cfg, tmp_path / "clock", devices)
+    assert _saved(tmp_path / "clock") == [1, 2, 3]
+    cfg.checkpoint.every_minutes, cfg.train.steps = 60.0, 6
+    train(cfg, tmp_path / "clock", devices)
+    assert _saved(tmp_path / "clock") == [1, 2, 3, 6]

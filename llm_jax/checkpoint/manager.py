@@ -7,6 +7,7 @@ leaves the previous checkpoint as the latest one.
 """
 
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -26,7 +27,8 @@ def _arrays(state) -> dict:
 
 class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, c: ml_collections.ConfigDict):
-        self.every_steps = c.every_steps
+        self.every_steps, self.every_s = c.every_steps, c.every_minutes * 60
+        self.last_save = time.monotonic()  # the run's start counts as a save for the minutes rule
         options = ocp.CheckpointManagerOptions(
             max_to_keep=c.keep, keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save,
             create=True)
@@ -45,11 +47,15 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
 
+    def minutes_due(self) -> bool:
+        return bool(self.every_s) and time.monotonic() - self.last_save >= self.every_s
+
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
         """Start writing; returns once the arrays are copied off the devices (the write goes on in background)."""
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta)), force=True)
+        self.last_save = time.monotonic()
 
     def check_shapes(self, step: int, state) -> None:
         """A checkpoint of another model is an error naming each parameter whose shape differs."""

@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 200  # save every N steps (and at the end); 0: only at the end
+    k.every_minutes = 0.0  # also save when this many minutes passed since the last save; 0: off
     k.keep = 3  # the last K checkpoints are kept ...
     k.keep_every = 0  # ... plus every M-th step for good; 0: none
     k.async_save = True  # write in the background while training goes on

@@ -31,7 +31,8 @@ POSITIVE = (
     "train.log_every", "train.eval_batches", "train.spike_window", "train.max_skips_in_a_row", "data.prefetch",
     "checkpoint.keep",
 )
-NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.keep_every")
+NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.every_minutes",
+                "checkpoint.keep_every")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):

@@ -17,7 +17,7 @@ import ml_collections
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
 from llm_jax.monitor.writers import Writers, format_duration
 from llm_jax.parallel.sharding import to_global
-from llm_jax.train.preemption import StopRequest
+from llm_jax.train.preemption import StopRequest, agree_any
 from llm_jax.train.sample import generate
 from llm_jax.train.setup import Run, build_run
 from llm_jax.train.state import TrainState
@@ -135,8 +135,8 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
             log(*pending)
         pending, done = (step, metrics), step + 1
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
-        stopping = stop.agreed()
-        save_now = ckpt.should_save(done) or done == t.steps or stopping
+        stopping, minutes_due = agree_any(stop.requested(), ckpt.minutes_due())
+        save_now = ckpt.should_save(done) or minutes_due or done == t.steps or stopping
         if evaluate_now or save_now:
             log(*pending)  # a checkpoint never holds a state whose loss was not checked
             pending = None

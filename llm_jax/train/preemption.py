@@ -8,7 +8,7 @@ import numpy as np
 
 
 class StopRequest:
-    """Set by SIGTERM or SIGINT; `agreed()` is true on every process once any process got a signal."""
+    """Set by SIGTERM or SIGINT; the loop passes `requested()` through `agree_any` every step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -22,15 +22,20 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.signal = signum
 
-    def agreed(self) -> bool:
-        """Whether to stop after this step; with several processes, an all-gather makes every one agree."""
-        local = self.signal is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array([local]))))
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def agree_any(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any process, on every process (one all-gather when there are several), so that all of
+    them stop or save at the same step even though signals and clocks are per process."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool))
+    return tuple(bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0))
