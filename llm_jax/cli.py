@@ -36,12 +36,16 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--workdir", required=True, help="where metrics, TensorBoard events and samples go")
     args, cfg = _parse_with_config(parser, argv)
 
+    from llm_jax.checkpoint.manager import CheckpointError
     from llm_jax.train import loop
 
     try:
         loop.train(cfg, args.workdir)
     except loop.DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 a checkpoint from another tokenizer is refused."""
 
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -161,3 +162,29 @@ def test_keep_the_last_k_plus_every_m_th_and_save_by_the_clock(tmp_path):
     cfg.checkpoint.every_minutes, cfg.train.steps = 60.0, 6
     train(cfg, tmp_path / "clock", devices)
     assert _saved(tmp_path / "clock") == [1, 2, 3, 6]
+
+
+def _disk_full(limit_bytes):
+    """In the child: files cannot grow past `limit_bytes` (writes fail with EFBIG, like a full disk)."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return limit
+
+
+def test_a_failed_write_is_reported_and_the_previous_checkpoint_stays_usable(tmp_path):
+    args = [sys.executable, "-m", "llm_jax", "train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu", *SMALL,
+            "--config.train.log_every=1", "--config.checkpoint.every_steps=2", f"--workdir={tmp_path}"]
+    subprocess.run([*args, "--config.train.steps=4"], cwd=REPO, check=True, capture_output=True)
+    # The tiny model's checkpoint data file is a few MB; the run's logs stay far below 200 kB.
+    out = subprocess.run([*args, "--config.train.steps=8"], cwd=REPO, capture_output=True, text=True,
+                         preexec_fn=_disk_full(200_000))
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"writing checkpoint {tmp_path / 'checkpoints' / '6'} failed" in out.stderr
+    assert "File too large" in out.stderr and f"{tmp_path / 'checkpoints' / '4'}, is intact" in out.stderr
+    assert _saved(tmp_path) == [2, 4]
+
+    out = subprocess.run([*args, "--config.train.steps=8"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'checkpoints' / '4'}" in out.stdout
+    assert _saved(tmp_path) == [4, 6, 8]

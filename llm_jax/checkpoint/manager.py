@@ -29,6 +29,8 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, c: ml_collections.ConfigDict):
         self.every_steps, self.every_s = c.every_steps, c.every_minutes * 60
         self.last_save = time.monotonic()  # the run's start counts as a save for the minutes rule
+        self.pending: int | None = None  # the step whose background save has not been checked yet
+        self.error: CheckpointError | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=c.keep, keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save,
             create=True)
@@ -51,11 +53,49 @@ class Checkpointer:
         return bool(self.every_s) and time.monotonic() - self.last_save >= self.every_s
 
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        """Start writing; returns once the arrays are copied off the devices (the write goes on in background)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
-        self.last_save = time.monotonic()
+        """Start writing; returns once the arrays are copied off the devices (the write goes on in background).
+
+        The previous save is finished first, so that a failure is reported with the step it belongs to.
+        """
+        self.wait()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:
+            raise self._failed(step, e) from e
+        self.pending, self.last_save = step, time.monotonic()
+
+    def poll_failed(self) -> bool:
+        """Whether the background save has ended with an error (never blocks; the error is in `self.error`)."""
+        if self.pending is None or self.manager.is_saving_in_progress():
+            return False
+        try:
+            self.wait()
+        except CheckpointError:
+            return True
+        return False
+
+    def wait(self) -> None:
+        """Wait for the background save; a failed write raises CheckpointError (once)."""
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(step, e) from e
+
+    def _failed(self, step: int, e: Exception) -> CheckpointError:
+        """A failed write: orbax wrote into a temporary directory, so the checkpoints before it are untouched."""
+        done = [s for s in self.manager.all_steps() if s != step]
+        kept = (f"the last complete checkpoint, {self.directory / str(max(done))}, is intact" if done
+                else "there is no complete checkpoint yet")
+        why = str(e) if len(str(e)) < 400 else f"{str(e)[:150]} ... {str(e)[-200:]}"  # the OS error is at the end
+        self.error = CheckpointError(
+            f"writing checkpoint {self.directory / str(step)} failed ({type(e).__name__}: {why}); {kept}. "
+            "Free disk space or fix the directory's permissions, then run the same command again to resume")
+        return self.error
 
     def check_shapes(self, step: int, state) -> None:
         """A checkpoint of another model is an error naming each parameter whose shape differs."""
@@ -83,11 +123,12 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception:
+            if self.error is None:  # else it is the failure already reported
+                raise
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -135,7 +135,9 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
             log(*pending)
         pending, done = (step, metrics), step + 1
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
-        stopping, minutes_due = agree_any(stop.requested(), ckpt.minutes_due())
+        stopping, minutes_due, save_failed = agree_any(stop.requested(), ckpt.minutes_due(), ckpt.poll_failed())
+        if save_failed:  # every process stops; the one whose write failed says why
+            raise ckpt.error or CheckpointError("another process failed to write its part of a checkpoint")
         save_now = ckpt.should_save(done) or minutes_due or done == t.steps or stopping
         if evaluate_now or save_now:
             log(*pending)  # a checkpoint never holds a state whose loss was not checked
