@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
     "tokenizer": "train a SentencePiece tokenizer, or encode/decode with one: llm-jax tokenizer train --help",
     "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
+    "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
 }
 
@@ -69,6 +70,30 @@ def _bench(argv: list[str]) -> int:
     from llm_jax.train.bench import bench
 
     bench(cfg, steps=args.steps, warmup=args.warmup)
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llm-jax export", description=COMMANDS["export"],
+                                     epilog="Names: embedding, layers.<i>.attn.wq, ..., final_norm.scale (README).")
+    parser.add_argument("--workdir", required=True, help="the run's workdir (or a checkpoints/<step> directory)")
+    parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
+    parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
+                        help="cast the parameters (default: as saved)")
+    args = parser.parse_args(argv)
+
+    from llm_jax.checkpoint.export import export
+    from llm_jax.checkpoint.params import CheckpointError
+
+    try:
+        step_dir, tensors = export(args.workdir, args.out, args.step, args.dtype)
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
+    size = sum(t.nbytes for t in tensors.values())
+    print(f"wrote {len(tensors)} tensors ({sum(t.size for t in tensors.values()):,} parameters, {size / 2**20:.1f} "
+          f"MiB) from {step_dir} to {args.out}")
     return 0
 
 
@@ -143,7 +168,7 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data}
+HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export}
 
 
 def _usage() -> str:

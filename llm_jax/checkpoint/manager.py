@@ -14,11 +14,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from llm_jax.checkpoint.params import CheckpointError, check_same_shapes
+
 ITEMS = ("state", "data", "meta")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used for this run; the message says why and what to do."""
+__all__ = ["CheckpointError", "Checkpointer", "check_compatible"]
 
 
 def _arrays(state) -> dict:
@@ -99,17 +98,9 @@ class Checkpointer:
 
     def check_shapes(self, step: int, state) -> None:
         """A checkpoint of another model is an error naming each parameter whose shape differs."""
-        saved_state = self.manager.item_metadata(step)["state"]
-        saved = _shapes({"params": saved_state["params"], "guard": saved_state.get("guard", {})})
-        now = _shapes({"params": state.params, "guard": state.guard})
-        problems = [f"{k}: checkpoint {saved[k]}, model {now[k]}" for k in sorted(saved.keys() & now.keys())
-                    if saved[k] != now[k]]
-        problems += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - now.keys())]
-        problems += [f"{k}: only in the model" for k in sorted(now.keys() - saved.keys())]
-        if problems:
-            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-            raise CheckpointError(f"{self.directory / str(step)} holds another model: {shown}. Use the config it was "
-                                  "trained with (see its config.json), or a new workdir")
+        saved = self.manager.item_metadata(step)["state"]
+        check_same_shapes({"params": saved["params"], "guard": saved.get("guard", {})},
+                          {"params": state.params, "guard": state.guard}, self.directory / str(step))
 
     def restore(self, step: int, state, shardings) -> tuple[Any, dict]:
         """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state."""
@@ -129,11 +120,6 @@ class Checkpointer:
         except Exception:
             if self.error is None:  # else it is the failure already reported
                 raise
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def check_compatible(meta: dict, tokenizer_identity: dict, where: pathlib.Path) -> None:

@@ -117,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     k.keep = 3  # the last K checkpoints are kept ...
     k.keep_every = 0  # ... plus every M-th step for good; 0: none
     k.async_save = True  # write in the background while training goes on
+    # A new run (no checkpoint in its workdir yet) starts from these parameters, with a fresh optimizer: another
+    # run's workdir (its latest checkpoint), a checkpoints/<step> directory, or a file from `llm-jax export`
+    k.init_from = ""
 
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"

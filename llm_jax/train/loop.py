@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
+from llm_jax.checkpoint.params import load_params
 from llm_jax.monitor.writers import Writers, format_duration
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.preemption import StopRequest, agree_any
@@ -124,6 +125,18 @@ def resume(run: Run, ckpt: Checkpointer, say) -> int:
     return 0
 
 
+def init_from(run: Run, path: str) -> int | None:
+    """Start from another run's parameters (checkpoint or exported file) with a fresh optimizer state; return the
+    step they were saved at, if known."""
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), run.state.params,
+                            run.state_sharding.params)
+    params, source = load_params(path, abstract)
+    check_compatible(source, run.data.tokenizer.identity(), pathlib.Path(path))
+    opt_state = jax.jit(run.state.tx.init, out_shardings=run.state_sharding.opt_state)(params)
+    run.state = run.state.replace(params=params, opt_state=opt_state)
+    return source["step"]
+
+
 def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest) -> int:
     """Run the steps from `start` on, evaluating and saving as configured; return the last step done (less than
     train.steps when a stop was requested: then a checkpoint of that step has been written)."""
@@ -170,6 +183,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
         (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
+    if not start and cfg.checkpoint.init_from:
+        source_step = init_from(run, cfg.checkpoint.init_from)
+        writers.print(f"parameters from {cfg.checkpoint.init_from}" + (f" (step {source_step})" if source_step else "")
+                      + "; optimizer state and step start fresh")
     if start:
         writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
                       f"{data.train.examples:,} examples read")

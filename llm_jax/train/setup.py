@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from llm_jax.checkpoint.params import CheckpointError, check_source
+from llm_jax.config.load import ConfigError
 from llm_jax.config.validate import finalize, validate
 from llm_jax.data.pipeline import Data, check_sources, make_data
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
@@ -40,6 +42,11 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Prep
     num_devices = len(devices) if devices is not None else jax.device_count()
     mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
     check_sources(cfg.data)
+    if cfg.checkpoint.init_from:
+        try:
+            check_source(cfg.checkpoint.init_from)
+        except CheckpointError as e:
+            raise ConfigError(f"checkpoint.init_from: {e}") from None
     model = build_model(cfg.model)
     params_sh = param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
     return Prepared(cfg, mesh, model, tokenizer, params_sh)

@@ -1,0 +1,159 @@
+"""Parameters alone: read them from a run's checkpoint or an exported file, and name them portably.
+
+Portable names (used by `llm-jax export` and accepted by `checkpoint.init_from`): the module path joined by dots,
+with each transformer layer as `layers.<i>.` whether the model scans its layers (one stacked array per weight) or
+not (`layer_<i>` modules), e.g. `embedding`, `layers.0.attn.wq`, `layers.11.mlp.wo`, `final_norm.scale`. Shapes
+and layouts are the model's own (see docs in README "Checkpoints and resuming").
+"""
+
+import json
+import pathlib
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from llm_jax.checkpoint import safetensors
+
+STACKED = "layers."  # the scanned stack's prefix: its arrays have a leading layer axis
+UNROLLED = re.compile(r"^layer_(\d+)\.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint (or exported file) cannot be used for this run; the message says why and what to do."""
+
+
+def _flat(tree) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
+
+
+def portable(params) -> dict[str, np.ndarray]:
+    """Host copies of the parameters under their portable names, layer by layer, layers in order."""
+    out = {}
+    for name, leaf in _flat(params).items():
+        if name.startswith(STACKED):
+            stack = np.asarray(jax.device_get(leaf))
+            for i in range(stack.shape[0]):
+                out[f"layers.{i}.{name[len(STACKED):]}"] = stack[i]
+        else:
+            out[UNROLLED.sub(r"layers.\1.", name)] = np.asarray(jax.device_get(leaf))
+    return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(name: str) -> tuple:
+    m = re.match(r"^layers\.(\d+)\.(.*)$", name)
+    return (1, int(m.group(1)), m.group(2)) if m else (0 if name.startswith("embed") else 2, 0, name)
+
+
+def from_portable(tensors: dict[str, np.ndarray], abstract, where: str) -> dict[str, np.ndarray]:
+    """`tensors` (portable names) arranged as the model's flat parameter names, shape-checked against `abstract`."""
+    have, out, problems = dict(tensors), {}, []
+    for name, target in _flat(abstract).items():
+        if name.startswith(STACKED):
+            keys = [f"layers.{i}.{name[len(STACKED):]}" for i in range(target.shape[0])]
+            parts = [have.pop(k, None) for k in keys]
+            missing = [k for k, p in zip(keys, parts, strict=True) if p is None]
+            value = None if missing else np.stack(parts)
+            name_shown = keys[0].replace(".0.", ".*.")
+        else:
+            name_shown = UNROLLED.sub(r"layers.\1.", name)
+            value = have.pop(name_shown, None)
+            missing = [name_shown] if value is None else []
+        if missing:
+            problems.append(f"{missing[0]}: only in the model")
+        elif tuple(value.shape) != tuple(target.shape):
+            problems.append(f"{name_shown}: file {tuple(value.shape)}, model {tuple(target.shape)}")
+        else:
+            out[name] = value
+    problems += [f"{k}: only in the file" for k in sorted(have)]
+    if problems:
+        raise CheckpointError(f"{where} holds another model: {_shown(problems)}")
+    return out
+
+
+def _shown(problems: list[str]) -> str:
+    return "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+
+
+def check_same_shapes(saved, now, where: pathlib.Path) -> None:
+    """An error naming each array whose shape differs between a checkpoint (`saved`) and the model (`now`)."""
+    saved = {k: tuple(v.shape) for k, v in _flat(saved).items()}
+    now = {k: tuple(v.shape) for k, v in _flat(now).items()}
+    problems = [f"{k}: checkpoint {saved[k]}, model {now[k]}" for k in sorted(saved.keys() & now.keys())
+                if saved[k] != now[k]]
+    problems += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - now.keys())]
+    problems += [f"{k}: only in the model" for k in sorted(now.keys() - saved.keys())]
+    if problems:
+        raise CheckpointError(f"{where} holds another model: {_shown(problems)}. Use the config it was trained "
+                              "with (see its config.json), or a new workdir")
+
+
+def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
+    """A checkpoint step directory from a run's workdir, its checkpoints/ directory, or the step directory."""
+    path = pathlib.Path(path)
+    if (path / "state").is_dir():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "state").is_dir()),
+                   reverse=True) if root.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{path} holds no complete checkpoint; give a run's workdir, its checkpoints/ directory, "
+                          "a checkpoints/<step> directory, or a .safetensors file from `llm-jax export`")
+    return root / str(steps[0])
+
+
+def read_meta(step_dir: pathlib.Path) -> dict:
+    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
+
+
+def saved_tree(step_dir: pathlib.Path):
+    """The checkpoint's state tree, with shapes and dtypes, read from its metadata."""
+    metadata = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).metadata(step_dir / "state")
+    tree = getattr(metadata, "item_metadata", metadata)
+    return getattr(tree, "tree", tree)
+
+
+def restore_params(step_dir: pathlib.Path, abstract) -> Any:
+    """Only the `params` item of a checkpoint's state, placed as `abstract` (ShapeDtypeStructs with shardings)."""
+    check_same_shapes(saved_tree(step_dir)["params"], abstract, step_dir)
+    target = {"params": abstract}
+    restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    return restored["params"]
+
+
+def _place(flat: dict[str, np.ndarray], abstract) -> Any:
+    """Host arrays as the sharded tree `abstract`; each process reads only the slices its devices hold."""
+    def one(name: str, target) -> jax.Array:
+        host = flat[name]
+        return jax.make_array_from_callback(target.shape, target.sharding,
+                                            lambda index: np.asarray(host[index], target.dtype))
+
+    named = _flat(abstract)
+    return jax.tree.unflatten(jax.tree.structure(abstract), [one(k, v) for k, v in named.items()])
+
+
+def check_source(path: str | pathlib.Path) -> None:
+    """Fail early (before anything compiles) when `path` is neither an exported file nor a checkpoint."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist")
+    else:
+        find_step_dir(path)
+
+
+def load_params(path: str | pathlib.Path, abstract) -> tuple[Any, dict]:
+    """Parameters from a checkpoint (see find_step_dir) or an exported .safetensors file, placed as `abstract`;
+    and the source's metadata (its tokenizer identity under "tokenizer", and "step")."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        tensors, metadata = safetensors.read(path)
+        source = {"tokenizer": json.loads(metadata.get("tokenizer", "{}")), "step": metadata.get("step")}
+        return _place(from_portable(tensors, abstract, str(path)), abstract), source
+    step_dir = find_step_dir(path)
+    meta = read_meta(step_dir)
+    return restore_params(step_dir, abstract), {"tokenizer": meta.get("tokenizer", {}), "step": int(step_dir.name)}
