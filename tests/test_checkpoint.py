@@ -188,3 +188,39 @@ def test_a_failed_write_is_reported_and_the_previous_checkpoint_stays_usable(tmp
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from {tmp_path / 'checkpoints' / '4'}" in out.stdout
     assert _saved(tmp_path) == [4, 6, 8]
+
+
+def _on_mesh(data, fsdp, tensor, devices):
+    cfg = _config(steps=2, every=2)
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = data, fsdp, tensor
+    return cfg, devices
+
+
+def test_a_checkpoint_from_a_2x2x2_mesh_restores_on_other_meshes_with_equal_values(tmp_path):
+    import numpy as np
+
+    from llm_jax.checkpoint.manager import Checkpointer
+    from llm_jax.train.setup import build_run
+
+    cfg, devices = _on_mesh(2, 2, 2, jax.devices())
+    train(cfg, tmp_path, devices)
+    saved = None
+    for data, fsdp, tensor, n in ((2, 2, 2, 8), (1, 8, 1, 8), (4, 1, 2, 8), (1, 1, 1, 1)):
+        cfg, devices = _on_mesh(data, fsdp, tensor, jax.devices()[:n])
+        run = build_run(cfg, devices)
+        ckpt = Checkpointer(tmp_path, cfg.checkpoint)
+        state, data_state = ckpt.restore(2, run.state, run.state_sharding)
+        ckpt.close()
+        run.data.train.close()
+        leaves = jax.tree.leaves((state.step, state.params, state.opt_state, state.guard))
+        targets = jax.tree.leaves((run.state_sharding.step, run.state_sharding.params, run.state_sharding.opt_state,
+                                   run.state_sharding.guard))
+        assert all(x.sharding == s for x, s in zip(leaves, targets, strict=True)), f"placed for mesh {run.mesh}"
+        values = [np.asarray(x) for x in leaves]
+        if saved is None:  # as written on (2, 2, 2)
+            saved = values
+            assert data_state == {"examples": 16}
+            assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in leaves)
+            continue
+        for a, b in zip(saved, values, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"mesh {dict(run.mesh.shape)}")

@@ -205,7 +205,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
             last = _steps(run, ckpt, writers, log, start, stop)
             if last < t.steps:
                 ckpt.wait()
-                writers.print(f"stopped by signal {stop.signal} after step {last}: checkpoint "
+                why = f"by signal {stop.signal}" if stop.requested() else "because another process got a signal"
+                writers.print(f"stopped {why} after step {last}: checkpoint "
                               f"{ckpt.directory / str(last)} written; run the same command again to resume")
                 writers.close()
                 return Result(log.losses, math.nan, data.unigram_loss, "", log.compile_s, log.tokens_per_s, start,
