@@ -85,26 +85,25 @@ def _first_loss(workdir):
 
 def test_init_from_a_checkpoint_or_its_export_starts_from_the_same_parameters(trained, tmp_path, capsys):
     workdir, out = trained
-    results = {}
-    for name, source in (("ckpt", str(workdir)), ("file", str(out))):
-        cfg = _config(steps=2)
-        cfg.checkpoint.init_from = source
-        results[name] = train(cfg, tmp_path / name, DEVICES)
+    cfg = _config(steps=2)
+    cfg.checkpoint.init_from = str(workdir)
+    result = train(cfg, tmp_path / "run", DEVICES)
     assert f"parameters from {workdir} (step 3); optimizer state and step start fresh" in capsys.readouterr().out
-    assert results["ckpt"].start_step == 0
-    assert results["file"].train_losses == results["ckpt"].train_losses
+    assert result.start_step == 0 and len(result.train_losses) == 2
     # The source run began from the same seed and batches: its first loss is what a fresh start would give.
-    assert results["ckpt"].train_losses[0] != pytest.approx(_first_loss(workdir), rel=1e-4)
-    # An unrolled model (no scan) takes the scanned model's exported layers one by one.
-    scanned, unrolled = build_run(_config(), DEVICES), build_run(_config(scan_layers=False), DEVICES)
-    init_from(scanned, str(out))
-    init_from(unrolled, str(out))
-    a, b = portable(scanned.state.params), portable(unrolled.state.params)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    scanned.data.train.close()
-    unrolled.data.train.close()
+    assert result.train_losses[0] != pytest.approx(_first_loss(workdir), rel=1e-4)
+    # The checkpoint and its export give the same parameters, to a scanned model and to an unrolled one.
+    runs = {"ckpt": build_run(_config(), DEVICES), "file": build_run(_config(), DEVICES),
+            "unrolled": build_run(_config(scan_layers=False), DEVICES)}
+    for name, run in runs.items():
+        init_from(run, str(workdir if name == "ckpt" else out))
+        run.data.train.close()
+    ckpt = portable(runs["ckpt"].state.params)
+    for name in ("file", "unrolled"):
+        other = portable(runs[name].state.params)
+        assert other.keys() == ckpt.keys()
+        for k in ckpt:
+            np.testing.assert_array_equal(other[k], ckpt[k], err_msg=f"{name}: {k}")
 
 
 def test_init_from_is_checked_before_training(trained, tmp_path):

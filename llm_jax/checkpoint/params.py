@@ -7,6 +7,7 @@ and layouts are the model's own (see docs in README "Checkpoints and resuming").
 """
 
 import json
+import logging
 import pathlib
 import re
 from typing import Any
@@ -105,6 +106,17 @@ def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
     return root / str(steps[0])
 
 
+class _NoItemMetadataWarning(logging.Filter):
+    """Reading one item of a manager's step directory, orbax warns that the item has no step metadata file: that
+    is how the manager lays items out, so the warning says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Metadata file does not exist" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
+
+
 def read_meta(step_dir: pathlib.Path) -> dict:
     return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
 
@@ -120,8 +132,9 @@ def restore_params(step_dir: pathlib.Path, abstract) -> Any:
     """Only the `params` item of a checkpoint's state, placed as `abstract` (ShapeDtypeStructs with shardings)."""
     check_same_shapes(saved_tree(step_dir)["params"], abstract, step_dir)
     target = {"params": abstract}
-    restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(step_dir / "state", args=args)
     return restored["params"]
 
 
