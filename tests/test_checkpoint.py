@@ -2,7 +2,6 @@
 a checkpoint from another tokenizer is refused."""
 
 import json
-import resource
 import shutil
 import signal
 import subprocess
@@ -159,12 +158,13 @@ def _one_device():
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
-def _disk_full(limit_bytes):
-    """In the child: files cannot grow past `limit_bytes` (writes fail with EFBIG, like a full disk)."""
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing it
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-    return limit
+def _disk_full(limit_bytes, command):
+    """`command` run with files unable to grow past `limit_bytes` (writes fail with EFBIG, like a full disk).
+    A small launcher sets the limit and execs, so the test process never forks with JAX's threads running."""
+    launcher = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # else: killed
+                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", launcher, *command]
 
 
 def test_a_failed_write_is_reported_and_the_previous_checkpoint_stays_usable(tmp_path):
@@ -172,8 +172,8 @@ def test_a_failed_write_is_reported_and_the_previous_checkpoint_stays_usable(tmp
             "--config.train.log_every=1", "--config.checkpoint.every_steps=2", f"--workdir={tmp_path}"]
     subprocess.run([*args, "--config.train.steps=4"], cwd=REPO, check=True, capture_output=True)
     # The tiny model's checkpoint data file is a few MB; the run's logs stay far below 200 kB.
-    out = subprocess.run([*args, "--config.train.steps=8"], cwd=REPO, capture_output=True, text=True,
-                         preexec_fn=_disk_full(200_000))
+    out = subprocess.run(_disk_full(200_000, [*args, "--config.train.steps=8"]), cwd=REPO, capture_output=True,
+                         text=True)
     assert out.returncode == 1, out.stderr[-3000:]
     assert f"writing checkpoint {tmp_path / 'checkpoints' / '6'} failed" in out.stderr
     assert "File too large" in out.stderr and f"{tmp_path / 'checkpoints' / '4'}, is intact" in out.stderr
