@@ -154,10 +154,6 @@ def test_keep_the_last_k_plus_every_m_th_and_save_by_the_clock(tmp_path):
     assert _saved(tmp_path) == [4, 7, 8]
 
 
-def _one_device():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-
 def _disk_full(limit_bytes, command):
     """`command` run with files unable to grow past `limit_bytes` (writes fail with EFBIG, like a full disk).
     A small launcher sets the limit and execs, so the test process never forks with JAX's threads running."""
@@ -179,11 +175,10 @@ def test_a_failed_write_is_reported_and_the_previous_checkpoint_stays_usable(tmp
     assert "File too large" in out.stderr and f"{tmp_path / 'checkpoints' / '4'}, is intact" in out.stderr
     assert _saved(tmp_path) == [2, 4]
 
-    from llm_jax.checkpoint.params import find_step_dir, restore_params, saved_tree
+    from llm_jax.checkpoint.params import abstract_like, find_step_dir, restore_params, saved_tree
 
     step_dir = find_step_dir(tmp_path)  # the latest complete checkpoint is the one before the failure, and loads
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=_one_device()),
-                            saved_tree(step_dir)["params"])
+    abstract = abstract_like(saved_tree(step_dir)["params"], jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     assert step_dir.name == "4" and jax.tree.leaves(restore_params(step_dir, abstract))
 
 

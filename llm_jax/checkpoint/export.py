@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from llm_jax.checkpoint import safetensors
-from llm_jax.checkpoint.params import find_step_dir, portable, read_meta, restore_params, saved_tree
+from llm_jax.checkpoint.params import abstract_like, find_step_dir, portable, read_meta, restore_params, saved_tree
 
 
 def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None,
@@ -16,8 +16,7 @@ def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None
     the latest) to `out`, cast to `dtype` if given. Returns the step directory read and the tensors written."""
     step_dir = find_step_dir(pathlib.Path(source) / "checkpoints" / str(step) if step is not None else source)
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # never fills accelerator memory
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=host),
-                            saved_tree(step_dir)["params"])
+    abstract = abstract_like(saved_tree(step_dir)["params"], host)
     tensors = portable(restore_params(step_dir, abstract))
     if dtype:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}

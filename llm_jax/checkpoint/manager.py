@@ -10,13 +10,11 @@ import pathlib
 import time
 from typing import Any
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from llm_jax.checkpoint.params import CheckpointError, check_same_shapes
+from llm_jax.checkpoint.params import CheckpointError, abstract_like, check_same_shapes
 
-ITEMS = ("state", "data", "meta")
 __all__ = ["CheckpointError", "Checkpointer", "check_compatible"]
 
 
@@ -37,9 +35,6 @@ class Checkpointer:
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
         """Steps of complete checkpoints (orbax renames a step's directory into place only when it is whole)."""
@@ -105,8 +100,7 @@ class Checkpointer:
     def restore(self, step: int, state, shardings) -> tuple[Any, dict]:
         """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state."""
         self.check_shapes(step, state)
-        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              _arrays(state), _arrays(shardings))
+        target = abstract_like(_arrays(state), _arrays(shardings))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         return state.replace(**restored["state"]), dict(restored["data"])

@@ -128,6 +128,14 @@ def saved_tree(step_dir: pathlib.Path):
     return getattr(tree, "tree", tree)
 
 
+def abstract_like(tree, shardings) -> Any:
+    """ShapeDtypeStructs of `tree`'s arrays (or saved array metadata), placed with `shardings`: a matching tree of
+    shardings, or one sharding for every array. Restoring onto them needs no memory for the old values."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=s), tree, shardings)
+
+
 def restore_params(step_dir: pathlib.Path, abstract) -> Any:
     """Only the `params` item of a checkpoint's state, placed as `abstract` (ShapeDtypeStructs with shardings)."""
     check_same_shapes(saved_tree(step_dir)["params"], abstract, step_dir)

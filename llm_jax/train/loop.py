@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
-from llm_jax.checkpoint.params import load_params
+from llm_jax.checkpoint.params import abstract_like, load_params
 from llm_jax.monitor.writers import Writers, format_duration
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.preemption import StopRequest, agree_any
@@ -128,9 +128,7 @@ def resume(run: Run, ckpt: Checkpointer, say) -> int:
 def init_from(run: Run, path: str) -> int | None:
     """Start from another run's parameters (checkpoint or exported file) with a fresh optimizer state; return the
     step they were saved at, if known."""
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), run.state.params,
-                            run.state_sharding.params)
-    params, source = load_params(path, abstract)
+    params, source = load_params(path, abstract_like(run.state.params, run.state_sharding.params))
     check_compatible(source, run.data.tokenizer.identity(), pathlib.Path(path))
     opt_state = jax.jit(run.state.tx.init, out_shardings=run.state_sharding.opt_state)(params)
     run.state = run.state.replace(params=params, opt_state=opt_state)
