@@ -1,6 +1,7 @@
 """`llm-jax <command> [flags]`. Config flags follow ml_collections: --config=FILE[:ARG] --config.a.b=VALUE."""
 
 import argparse
+import json
 import sys
 
 from llm_jax.config import ConfigError, load_config
@@ -10,6 +11,8 @@ COMMANDS = {
     "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
     "tokenizer": "train a SentencePiece tokenizer, or encode/decode with one: llm-jax tokenizer train --help",
     "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
+    "eval": "evaluate a saved checkpoint on the run's validation batches: llm-jax eval --workdir=runs/x [--step=N]",
+    "sample": "continue prompts with a trained model: llm-jax sample --workdir=runs/x --prompt='ROMEO:'",
     "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
 }
@@ -97,6 +100,85 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+def _trained_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=COMMANDS[command],
+                                     epilog="The run's saved config is used; --config.a.b=VALUE changes a key of it "
+                                            "(e.g. the mesh, or data.tokenizer_path if the tokenizer moved).")
+    parser.add_argument("--workdir", required=True,
+                        help="the run's workdir, a checkpoints/<step> directory, or a .safetensors file from export")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
+    return parser
+
+
+def _load_trained(args, argv: list[str], check_data: bool):
+    from llm_jax.checkpoint.params import CheckpointError
+    from llm_jax.train.inference import load_trained
+
+    try:
+        trained = load_trained(args.workdir, args.step, [a[len("--config."):] for a in argv
+                                                         if a.startswith("--config.")], check_data)
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return None
+    if trained.dropped_keys:
+        print(f"note: the saved config has keys this version does not know, ignored: {trained.dropped_keys}")
+    return trained
+
+
+def _eval(argv: list[str]) -> int:
+    parser = _trained_parser("eval")
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    trained = _load_trained(args, argv, check_data=True)
+    if trained is None:
+        return 2
+    from llm_jax.train.inference import evaluate_trained
+
+    metrics = evaluate_trained(trained)
+    print(f"{trained.source} (step {trained.step}): validation loss {metrics['loss']:.4f} | perplexity "
+          f"{metrics['perplexity']:.2f} | {metrics['bpb']:.4f} bits per byte | over {trained.cfg.train.eval_batches} "
+          f"batches of {trained.cfg.train.global_batch} x {trained.cfg.train.seq_len} tokens")
+    print(json.dumps({"step": trained.step, **metrics}))
+    return 0
+
+
+def _sample(argv: list[str]) -> int:
+    parser = _trained_parser("sample")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text to continue; repeat for a batch of prompts (default: the run's sample.prompt)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's sample.max_new_tokens")
+    parser.add_argument("--temperature", type=float, default=None, help="0: greedy; default: sample.temperature")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens; 0: all")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus: keep the tokens that make up top_p")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations of each prompt")
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k),
+                        ("--temperature", args.temperature), ("--num-samples", args.num_samples - 1)):
+        if value is not None and value < 0:
+            parser.error(f"{flag} must be >= {1 if flag == '--num-samples' else 0}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error("--top-p must be in (0, 1]")
+    trained = _load_trained(args, argv, check_data=False)
+    if trained is None:
+        return 2
+    import flax.linen as nn
+    import jax
+
+    from llm_jax.train.sample import generate
+
+    s, tok = trained.cfg.sample, trained.tokenizer
+    prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
+    pick = lambda flag, default: default if flag is None else flag
+    with jax.set_mesh(trained.mesh), nn.logical_axis_rules(trained.rules):
+        outputs = generate(trained.model, trained.params, [tok.encode(p) for p in prompts],
+                           pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
+                           temperature=pick(args.temperature, s.temperature), top_k=pick(args.top_k, s.top_k),
+                           top_p=pick(args.top_p, s.top_p), seed=pick(args.seed, s.seed))
+    for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):
+        print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(new_ids)}")
+    return 0
+
+
 def _tokenizer(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="llm-jax tokenizer", description=COMMANDS["tokenizer"])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -168,7 +250,8 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export}
+HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export,
+            "eval": _eval, "sample": _sample}
 
 
 def _usage() -> str:

@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from llm_jax.config import ConfigError, base_config, load_config, validate
-from llm_jax.config.load import load_module
+from llm_jax.config.load import load_module, set_key
 from llm_jax.config.validate import finalize
 from llm_jax.data.tokenizer import ByteTokenizer
 from llm_jax.models import build_model
@@ -259,3 +259,17 @@ def test_cli_fails_fast_on_a_bad_key(tmp_path):
     assert "train.stepz" in lines[0]
     assert elapsed < 20, f"a config error took {elapsed:.1f}s"
     assert not (tmp_path / "run").exists(), "nothing should be written for a bad config"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sample.top_p=0", "sample.top_p"), ("sample.top_k=-1", "sample.top_k"),
+    ("profile.steps=3", "profile.start_step"), ("monitor.progress=fancy", "monitor.progress"),
+])
+def test_monitoring_keys_are_checked(override, key):
+    from tests.conftest import small_config
+
+    cfg = small_config()  # 5 steps: a 3-step profile from step 5 runs past the end
+    key_, _, value = override.partition("=")
+    set_key(cfg, key_, value, "test")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(finalize(cfg, 259), 1, 1)

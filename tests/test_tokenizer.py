@@ -35,6 +35,9 @@ def test_round_trip_is_exact_and_compresses(text_file, tmp_path, model_type):
     assert len(ids) < 0.7 * len(doc.encode()), "a trained tokenizer should beat one token per byte"
     assert [tok.sp.id_to_piece(i) for i in (PAD_ID, BOS_ID, EOS_ID)] == ["<pad>", "<s>", "</s>"]
     assert ids.min() > EOS_ID, "text never encodes to the special ids"
+    token_bytes = tok.token_bytes()  # for bits per byte: the ids' byte counts add up to the text's
+    assert token_bytes[ids].sum() == len(doc.encode()) and token_bytes[PAD_ID] == token_bytes[EOS_ID] == 0
+    assert token_bytes[tok.encode(TRICKY)].sum() == len(TRICKY.encode())
     info = json.loads((tmp_path / "tokenizer.json").read_text())
     assert info["kind"] == "sentencepiece" and info["vocab_size"] == 600 and info["model_type"] == model_type
 

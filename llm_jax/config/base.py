@@ -124,6 +124,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = s = ml_collections.ConfigDict()
     s.prompt = "ROMEO:\n"
     s.max_new_tokens = 200
-    s.temperature = 0.7
+    s.temperature = 0.7  # 0: greedy
+    s.top_k = 0  # >0: sample among the k most likely tokens only
+    s.top_p = 1.0  # <1: sample among the most likely tokens whose probabilities sum to top_p (nucleus)
     s.seed = 0
+    s.every_steps = 0  # also write a sample to TensorBoard every N steps; 0: only at the end
+
+    c.monitor = mo = ml_collections.ConfigDict()
+    # Peak FLOP/s per device for MFU, in TFLOP/s. 0: from the table of known accelerators in monitor/flops.py;
+    # on CPUs (whose speed varies too much for a table) a matmul in the compute dtype is timed at start-up.
+    mo.peak_tflops = 0.0
+    mo.progress = "auto"  # auto: a live progress bar when stdout is a terminal, plain lines otherwise | plain
+
+    c.profile = pr = ml_collections.ConfigDict()
+    pr.steps = 0  # >0: capture a jax.profiler trace of this many steps into <workdir>/tensorboard (profile tab)
+    pr.start_step = 5  # the first step traced; the steps before it compile and warm up
     return c

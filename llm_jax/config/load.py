@@ -102,9 +102,40 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file '{path}' has no get_config() function")
     cfg = module.get_config(arg) if arg else module.get_config()
+    apply_flag_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_flag_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """`a.b=value` strings from `--config.a.b=value` flags."""
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"override '--config.{item}' has no value; write --config.{key}=VALUE")
         set_key(cfg, key, value, f"--config.{key}")
-    return cfg
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_from_saved(saved: Mapping[str, Any], overrides: Iterable[str] = (),
+                      source: str = "the run's saved config") -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The config a run saved (as JSON, e.g. in a checkpoint) rebuilt on today's defaults, then `a.b=value`
+    overrides; also the saved keys that no longer exist (left out, for the caller to report)."""
+    from llm_jax.config.base import base_config
+
+    cfg, dropped = base_config(), []
+    for key, value in _flatten(saved).items():
+        try:
+            set_key(cfg, key, value, source)
+        except ConfigError:
+            dropped.append(key)
+    apply_flag_overrides(cfg, overrides)
+    return cfg, dropped

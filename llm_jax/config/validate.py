@@ -23,16 +23,18 @@ CHOICES = {
     "data.bad_json": ("fail", "skip"),
     "data.tokenizer": ("byte", "sentencepiece"),
     "train.nan_policy": ("stop", "skip"),
+    "monitor.progress": ("auto", "plain"),
 }
 POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
     "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
     "train.log_every", "train.eval_batches", "train.spike_window", "train.max_skips_in_a_row", "data.prefetch",
-    "checkpoint.keep",
+    "checkpoint.keep", "profile.start_step",
 )
 NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.every_minutes",
-                "checkpoint.keep_every")
+                "checkpoint.keep_every", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
+                "sample.every_steps", "monitor.peak_tflops", "profile.steps")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):
@@ -170,6 +172,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0")
     if t.spike_k < 0:
         raise ConfigError(f"train.spike_k={t.spike_k} must be >= 0 (0 turns loss-spike skipping off)")
+    if cfg.profile.steps and cfg.profile.start_step + cfg.profile.steps - 1 > t.steps:
+        raise ConfigError(f"profile.start_step={cfg.profile.start_step} with profile.steps={cfg.profile.steps} goes "
+                          f"past train.steps={t.steps}; trace earlier steps or fewer of them")
+    if not 0 < cfg.sample.top_p <= 1:
+        raise ConfigError(f"sample.top_p={cfg.sample.top_p} must be in (0, 1]; 1 turns nucleus sampling off")
     if cfg.optimizer.warmup_steps < 0:  # above train.steps is allowed: a short smoke run just warms up
         raise ConfigError(f"optimizer.warmup_steps={cfg.optimizer.warmup_steps} must be >= 0")
     return mesh_shape

@@ -30,6 +30,10 @@ class ByteTokenizer:
         data = bytes((ids - self.offset).astype(np.uint8).tolist())
         return data.decode("utf-8", errors="replace")
 
+    def token_bytes(self) -> np.ndarray:
+        """[vocab_size] UTF-8 bytes of text each id stands for (0 for special tokens): for bits per byte."""
+        return (np.arange(self.vocab_size) >= self.offset).astype(np.int32)
+
     def identity(self) -> dict:
         """What a run records so that it can refuse to resume with a different tokenizer."""
         digest = hashlib.sha256(f"{self.kind}:{self.offset}:{SPECIAL_TOKENS}".encode()).hexdigest()[:16]
@@ -67,6 +71,19 @@ class SentencePieceTokenizer:
     def decode(self, ids) -> str:
         ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
         return self.sp.decode(ids)
+
+    def token_bytes(self) -> np.ndarray:
+        """[vocab_size] UTF-8 bytes of text each id stands for: a byte-fallback piece is one byte, '▁' a space,
+        control and unknown pieces none. Exact for models from `llm-jax tokenizer train` (no dummy prefix); a
+        model that adds one counts one byte too many per document."""
+        sp = self.sp
+        out = np.zeros(self.vocab_size, np.int32)
+        for i in range(self.vocab_size):
+            if sp.is_byte(i):
+                out[i] = 1
+            elif not (sp.is_control(i) or sp.is_unknown(i)):
+                out[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return out
 
     def identity(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size,

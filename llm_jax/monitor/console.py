@@ -10,9 +10,14 @@ import sys
 import time
 from typing import TextIO
 
-from llm_jax.monitor.writers import format_duration
-
 CLEAR = "\r\x1b[K"  # back to column 0, erase to the end of the line
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def progress_text(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float | None, columns: int) -> str:
@@ -32,15 +37,16 @@ def progress_text(step: int, total: int, loss: float, tokens_per_s: float, eta_s
 class Console:
     """Lines go to `stream` and to `log_path` (appended); `progress` draws a bar that stays below the lines.
 
-    `enabled=False` (processes other than 0) makes every method a no-op and opens no file.
+    `enabled=False` (processes other than 0) makes every method a no-op and opens no file; `bar=False` keeps the
+    output plain lines even on a terminal.
     """
 
-    def __init__(self, log_path: pathlib.Path | None, stream: TextIO = sys.stdout, enabled: bool = True,
-                 min_interval_s: float = 0.25):
+    def __init__(self, log_path: pathlib.Path | None, stream: TextIO | None = None, enabled: bool = True,
+                 min_interval_s: float = 0.25, bar: bool = True):
         self.enabled = enabled
-        self.stream = stream
+        self.stream = stream or sys.stdout  # looked up now, not at import: tests and tools swap sys.stdout
         self.min_interval_s = min_interval_s
-        self.tty = enabled and bool(getattr(stream, "isatty", lambda: False)())
+        self.tty = enabled and bar and bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar: str | None = None  # the bar on screen now, to redraw below a new line
         self._last_draw = -float("inf")
         self._log = None

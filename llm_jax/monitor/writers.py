@@ -1,26 +1,23 @@
-"""Where metrics go: metrics.jsonl (one object per logged step or evaluation), TensorBoard, and the console.
+"""Where metrics go: metrics.jsonl (one object per logged step or evaluation), TensorBoard, and the console
+(which also keeps train.log).
 
 Only process 0 writes; the others get writers that do nothing, so callers never branch on the process index.
+TensorBoard tags: train/* (the step's metrics and throughput), eval/*, system/* (memory), the resolved config as
+hparams (the HParams tab compares runs by their eval metrics), and text samples.
 """
 
 import json
 import math
 import pathlib
 import shutil
-import sys
 import time
 
 import jax
 
+from llm_jax.monitor.console import Console
 
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard")
+RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard", "train.log", "run.json")
+HPARAM_METRICS = ("eval/loss", "eval/perplexity", "eval/bpb")  # what the HParams tab shows per run
 
 
 def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -45,9 +42,24 @@ def drop_records_after(path: pathlib.Path, step: int) -> None:
         path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
 
 
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A config as TensorBoard hparams: dotted keys, scalar values (lists and tuples as text)."""
+    out: dict[str, bool | int | float | str] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, prefix + k + "."))
+        elif isinstance(v, bool | int | float | str):
+            out[prefix + k] = v
+        elif v is not None:
+            out[prefix + k] = json.dumps(v)
+    return out
+
+
 class Writers:
-    def __init__(self, workdir: pathlib.Path, enabled: bool | None = None, resume_step: int = 0):
-        """`resume_step` > 0: continue the run in `workdir` from that step, dropping anything logged after it."""
+    def __init__(self, workdir: pathlib.Path, enabled: bool | None = None, resume_step: int = 0,
+                 progress_bar: bool = True):
+        """`resume_step` > 0: continue the run in `workdir` from that step, dropping anything logged after it.
+        `progress_bar`: draw a live bar when stdout is a terminal (plain lines otherwise, always in train.log)."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
         self._jsonl = self._tb = None
@@ -63,26 +75,51 @@ class Writers:
             self._jsonl = (workdir / "metrics.jsonl").open("a", buffering=1)
             # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it resumes from.
             self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.console = Console(workdir / "train.log" if self.enabled else None, enabled=self.enabled,
+                               bar=progress_bar)
 
-    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train_") -> None:
+        """Recorded as `<prefix>key` in metrics.jsonl and as `<prefix without _>/key` in TensorBoard."""
         if not self.enabled:
             return
-        record = {"step": step, "time": round(time.time(), 3), **{prefix + k: v for k, v in metrics.items()}}
+        record = {"step": step, "time": round(time.time(), 3),
+                  **{("" if prefix == "train_" else prefix) + k: v for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         for k, v in metrics.items():
             if not math.isfinite(v):  # a skipped NaN step: kept in metrics.jsonl, left out of the plots
                 continue
-            self._tb.add_scalar(prefix.rstrip("_") + "/" + k if prefix else "train/" + k, v, step)
+            self._tb.add_scalar(prefix.rstrip("_") + "/" + k, v, step)
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
-            self._tb.add_text(tag, text, step)
+            # Markdown: two trailing spaces keep the sample's line breaks in TensorBoard's text tab.
+            self._tb.add_text(tag, text.replace("\n", "  \n"), step)
+
+    def hparams(self, config: dict, extra: dict | None = None) -> None:
+        """The run's config as hparams, linked to the eval metrics so the HParams tab can compare runs."""
+        if not self.enabled:
+            return
+        from tensorboardX.summary import hparams
+
+        experiment, start, _ = hparams({**flat_hparams(config), **(extra or {})}, dict.fromkeys(HPARAM_METRICS, 0.0))
+        for summary in (experiment, start):
+            self._tb.file_writer.add_summary(summary)
+
+    def end_hparams(self) -> None:
+        """Mark the run's session finished (the HParams tab shows its status)."""
+        if self.enabled:
+            from tensorboardX.summary import hparams
+
+            self._tb.file_writer.add_summary(hparams({}, {})[2])
 
     def print(self, line: str) -> None:
-        if self.enabled:
-            print(line, file=sys.stdout, flush=True)
+        self.console.line(line)
+
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float, eta_s: float | None) -> None:
+        self.console.progress(step, total, loss, tokens_per_s, eta_s)
 
     def close(self) -> None:
+        self.console.close()
         if self.enabled:
             self._jsonl.close()
             self._tb.close()

@@ -1,7 +1,8 @@
 """`llm-jax bench`: time the real train step (the `llm-jax train` code path) and report MFU.
 
-MFU = achieved model FLOP/s / peak FLOP/s, with the peak of a large matmul in the compute dtype measured in this
-same process (CPU speeds vary from machine to machine and minute to minute; only a same-run peak is fair).
+MFU = achieved model FLOP/s / peak FLOP/s. On CPU the peak is a large matmul in the compute dtype measured in this
+same process (CPU speeds vary from machine to machine and minute to minute; only a same-run peak is fair); on
+accelerators it comes from the table in monitor/flops.py, or `monitor.peak_tflops`.
 """
 
 import json
@@ -12,7 +13,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from llm_jax.monitor.flops import flops_per_token, measure_matmul_peak
+from llm_jax.monitor.flops import flops_per_token, peak_flops
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.setup import build_run
 
@@ -38,8 +39,8 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
             if i >= warmup:
                 times.append(time.perf_counter() - start)
 
-    # Peak per device, measured after the steps so that both see the same machine state; scaled to the mesh.
-    peak = measure_matmul_peak(run.cfg.model.dtype) * run.mesh.size
+    # Measured after the steps so that both see the same machine state.
+    peak, peak_source = peak_flops(run.mesh.devices.flat, run.cfg.model.dtype, run.cfg.monitor.peak_tflops, 2048)
     step_s = statistics.mean(times)
     fpt = flops_per_token(run.cfg.model, t.seq_len)
     achieved = fpt * tokens_per_step / step_s
@@ -51,13 +52,13 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
         "flops_per_token": fpt,
         "achieved_gflops": achieved / 1e9,
         "peak_gflops": peak / 1e9,
-        "mfu": achieved / peak,
+        "mfu": achieved / peak if peak else float("nan"),
         "loss": float(metrics["loss"]),
     }
     print_fn(f"compile {compile_s:.1f}s | step {step_s * 1e3:.1f} ms ± {result['step_time_std_s'] * 1e3:.1f} "
              f"(over {steps} steps after {warmup} warm-up) | {result['tokens_per_s']:,.0f} tokens/s")
-    print_fn(f"model FLOPs/token {fpt / 1e6:.1f}M | achieved {achieved / 1e9:.1f} GFLOP/s | matmul peak "
-             f"({run.cfg.model.dtype}, measured now) {peak / 1e9:.1f} GFLOP/s | MFU {result['mfu']:.1%}")
+    print_fn(f"model FLOPs/token {fpt / 1e6:.1f}M | achieved {achieved / 1e9:.1f} GFLOP/s | peak "
+             f"{peak / 1e9:.1f} GFLOP/s ({peak_source}) | MFU {result['mfu']:.1%}")
     print_fn(json.dumps({k: result[k] for k in ("tokens_per_s", "step_time_s", "compile_s", "flops_per_token",
                                                   "mfu", "peak_gflops")}))
     return result

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 import time
 
 import flax.linen as nn
@@ -16,16 +17,17 @@ import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
 from llm_jax.checkpoint.params import abstract_like, load_params
-from llm_jax.monitor.writers import Writers, format_duration
+from llm_jax.monitor.flops import flops_per_token, peak_flops
+from llm_jax.monitor.profile import Profiler
+from llm_jax.monitor.record import run_record, write_run_record
+from llm_jax.monitor.writers import Writers
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.preemption import StopRequest, agree_any
 from llm_jax.train.sample import generate
 from llm_jax.train.setup import Run, build_run
-from llm_jax.train.state import TrainState
+from llm_jax.train.steplog import DivergedError, StepLog
 
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or Inf."""
+__all__ = ["DivergedError", "Result", "train"]
 
 
 @dataclasses.dataclass
@@ -38,65 +40,8 @@ class Result:
     tokens_per_s: float
     start_step: int  # 0, or the step of the checkpoint it resumed from
     stopped_at: int | None = None  # the step after which a SIGTERM/SIGINT stopped the run
-
-
-def evaluate(run: Run, state: TrainState) -> float:
-    """Mean loss per token over the first `train.eval_batches` validation batches: the same batches every time."""
-    totals = [run.jit_eval(state, to_global(run.data.eval.batch_at(i), run.batch_sharding))
-              for i in range(run.cfg.train.eval_batches)]
-    totals = jax.device_get(totals)
-    return float(sum(t["loss_sum"] for t in totals) / max(sum(t["tokens"] for t in totals), 1.0))
-
-
-class StepLog:
-    """Checks each step's metrics for NaN/Inf and logs them; the first step of an invocation includes compilation."""
-
-    def __init__(self, cfg: ml_collections.ConfigDict, writers: Writers, start_step: int, skipped: int = 0):
-        self.t, self.writers, self.start_step = cfg.train, writers, start_step
-        self.losses: list[float] = []
-        self.begin = self.window_start = time.perf_counter()
-        self.compile_s, self.window_steps, self.tokens_per_s = 0.0, 0, 0.0
-        self.skipped = skipped  # skipped updates so far (a resumed run starts from its checkpoint's count)
-
-    def _check(self, step: int, metrics: dict) -> None:
-        """NaN/Inf and skipped updates (the step itself decided whether to skip; see guard.py)."""
-        t, shown = self.t, f"loss {metrics['loss']:.4g}, gradient norm {metrics['grad_norm']:.4g}"
-        advice = "lower optimizer.lr, raise optimizer.warmup_steps or enable train.z_loss"
-        if "skipped" in metrics and metrics["skipped"] > self.skipped:
-            self.skipped = int(metrics["skipped"])
-            self.writers.print(f"warning: step {step + 1}: update skipped ({shown}); {self.skipped} skipped so far")
-            if metrics["skip_streak"] >= t.max_skips_in_a_row:
-                raise DivergedError(f"{int(metrics['skip_streak'])} updates in a row were skipped, up to step "
-                                    f"{step + 1} ({shown}; train.max_skips_in_a_row={t.max_skips_in_a_row}); "
-                                    f"{advice}, then resume from the last checkpoint")
-            return
-        if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm", "param_norm")):
-            raise DivergedError(f"step {step + 1} diverged ({shown}, parameter norm {metrics['param_norm']:.4g}); "
-                                f"nothing from it was saved. {advice}, or set train.nan_policy=skip")
-
-    def __call__(self, step: int, metrics: dict) -> None:
-        """Metrics of the step with index `step`; records and messages count steps from 1."""
-        t = self.t
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        self._check(step, metrics)
-        self.losses.append(metrics["loss"])
-        now = time.perf_counter()
-        if step == self.start_step:  # includes compilation: log it, but keep it out of throughput
-            self.compile_s, self.window_start = now - self.begin, now
-            self.writers.scalars(step + 1, {**metrics, "compile_s": self.compile_s})
-            self.writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | compile + first step "
-                               f"{self.compile_s:.1f}s")
-            return
-        self.window_steps += 1
-        if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            step_s = (now - self.window_start) / self.window_steps
-            self.tokens_per_s = t.global_batch * t.seq_len / step_s
-            metrics.update(tokens_per_s=self.tokens_per_s, steps_per_s=1 / step_s, step_time_s=step_s)
-            self.writers.scalars(step + 1, metrics)
-            self.writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
-                               f"grad norm {metrics['grad_norm']:.3f} | {self.tokens_per_s:,.0f} tok/s | "
-                               f"ETA {format_duration(step_s * (t.steps - step - 1))}")
-            self.window_start, self.window_steps = now, 0
+    eval_metrics: dict = dataclasses.field(default_factory=dict)  # the final evaluation: loss, perplexity, bpb
+    steady_step_s: float = math.nan  # median step time after compilation
 
 
 def run_meta(run: Run) -> dict:
@@ -135,37 +80,87 @@ def init_from(run: Run, path: str) -> int | None:
     return source["step"]
 
 
-def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest) -> int:
-    """Run the steps from `start` on, evaluating and saving as configured; return the last step done (less than
-    train.steps when a stop was requested: then a checkpoint of that step has been written)."""
+def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest,
+           profiler: Profiler) -> int:
+    """Run the steps from `start` on, evaluating, sampling and saving as configured; return the last step done (less
+    than train.steps when a stop was requested: then a checkpoint of that step has been written)."""
     t, state, pending = run.cfg.train, run.state, None
     for step in range(start, t.steps):
+        done = step + 1
+        profiler.before(done)
+        waited = time.perf_counter()
         batch = to_global(next(run.data.train), run.batch_sharding)
+        log.data_wait(time.perf_counter() - waited)
         state, metrics = run.jit_train(state, batch)
+        if profiler.after(done, (state, metrics)):
+            writers.print(f"profile of steps {profiler.first}-{profiler.last} written to {profiler.logdir} "
+                          "(TensorBoard's profile tab)")
         if pending is not None:
             log(*pending)
-        pending, done = (step, metrics), step + 1
+        pending = (step, metrics)
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
+        sample_now = run.cfg.sample.every_steps and done % run.cfg.sample.every_steps == 0 and done < t.steps
         stopping, minutes_due, save_failed = agree_any(stop.requested(), ckpt.minutes_due(), ckpt.poll_failed())
         if save_failed:  # every process stops; the one whose write failed says why
             raise ckpt.error or CheckpointError("another process failed to write its part of a checkpoint")
         save_now = ckpt.should_save(done) or minutes_due or done == t.steps or stopping
-        if evaluate_now or save_now:
+        if evaluate_now or save_now or sample_now:
             log(*pending)  # a checkpoint never holds a state whose loss was not checked
-            pending = None
+            pending, paused = None, time.perf_counter()
             run.state = state
             if save_now:
                 ckpt.save(done, state, run.data.train.get_state(), run_meta(run))
             if stopping:
                 return done
             if evaluate_now:
-                eval_loss = evaluate(run, state)
-                writers.scalars(done, {"loss": eval_loss}, prefix="eval_")
-                writers.print(f"eval at step {done}: loss {eval_loss:.4f}")
+                evaluation(run, writers, done)
+            if sample_now:
+                writers.text(done, "samples", _sample(run))
+            log.exclude(time.perf_counter() - paused)
     if pending is not None:
         log(*pending)
     run.state = state
     return t.steps
+
+
+def evaluation(run: Run, writers: Writers, step: int) -> dict[str, float]:
+    metrics = run.evaluate(run.state.params)
+    writers.scalars(step, metrics, prefix="eval_")
+    writers.print(f"eval at step {step}: loss {metrics['loss']:.4f} | perplexity {metrics['perplexity']:.2f} | "
+                  f"{metrics['bpb']:.4f} bits per byte")
+    return metrics
+
+
+def _start(run: Run, workdir: pathlib.Path, start: int, ckpt: Checkpointer) -> tuple[Writers, float]:
+    """The run's files (record, config, hparams) and the opening lines; returns the writers and the peak FLOP/s."""
+    cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
+    writers = Writers(workdir, resume_step=start, progress_bar=cfg.monitor.progress == "auto")
+    if writers.archived:
+        writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
+    config = json.loads(cfg.to_json_best_effort())
+    if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+        (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
+        write_run_record(workdir, run_record(config, dict(mesh.shape), sys.argv))
+    writers.hparams(config, {"num_params": run.num_params})
+    if not start and cfg.checkpoint.init_from:
+        source_step = init_from(run, cfg.checkpoint.init_from)
+        writers.print(f"parameters from {cfg.checkpoint.init_from}" + (f" (step {source_step})" if source_step else "")
+                      + "; optimizer state and step start fresh")
+    if start:
+        writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
+                      f"{data.train.examples:,} examples read")
+    peak, peak_source = peak_flops(mesh.devices.flat, cfg.model.dtype, cfg.monitor.peak_tflops)
+    writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
+                  f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M | MFU against "
+                  f"{peak / 1e12:.3g} TFLOP/s ({peak_source})")
+    if cfg.data.corpus != "shakespeare":
+        mix = f" | mixture weights {[round(w, 3) for w in data.weights]}" if len(data.weights) > 1 else ""
+        writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows{mix} | "
+                      f"{data.stats.summary()}")
+    writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
+                  f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
+    return writers, peak
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
@@ -175,32 +170,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
     ckpt = Checkpointer(workdir, cfg.checkpoint)
     start = resume(run, ckpt, print if jax.process_index() == 0 else lambda _: None)
-    writers = Writers(workdir, resume_step=start)
-    if writers.archived:
-        writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
-    if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-        (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
-    if not start and cfg.checkpoint.init_from:
-        source_step = init_from(run, cfg.checkpoint.init_from)
-        writers.print(f"parameters from {cfg.checkpoint.init_from}" + (f" (step {source_step})" if source_step else "")
-                      + "; optimizer state and step start fresh")
-    if start:
-        writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
-                      f"{data.train.examples:,} examples read")
-    writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
-                  f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M")
-    if cfg.data.corpus != "shakespeare":
-        mix = f" | mixture weights {[round(w, 3) for w in data.weights]}" if len(data.weights) > 1 else ""
-        writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows{mix} | "
-                      f"{data.stats.summary()}")
-    writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
-                  f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
-
-    log, stop = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"]))), StopRequest()
+    writers, peak = _start(run, workdir, start, ckpt)
+    log = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"])),
+                  flops_per_token(cfg.model, t.seq_len), peak)
+    stop = StopRequest()
+    profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-            last = _steps(run, ckpt, writers, log, start, stop)
+            last = _steps(run, ckpt, writers, log, start, stop, profiler)
+            profiler.stop(run.state)
             if last < t.steps:
                 ckpt.wait()
                 why = f"by signal {stop.signal}" if stop.requested() else "because another process got a signal"
@@ -208,29 +186,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                               f"{ckpt.directory / str(last)} written; run the same command again to resume")
                 writers.close()
                 return Result(log.losses, math.nan, data.unigram_loss, "", log.compile_s, log.tokens_per_s, start,
-                              stopped_at=last)
-            eval_loss = evaluate(run, run.state)
+                              stopped_at=last, steady_step_s=log.steady_step_s)
+            final = evaluation(run, writers, t.steps)
+            sample = _sample(run)
     finally:
         stop.restore()
         data.train.close()
         ckpt.wait()
         ckpt.close()
-    writers.scalars(t.steps, {"loss": eval_loss, "perplexity": math.exp(eval_loss)}, prefix="eval_")
-    sample = _sample(run)
     writers.text(t.steps, "samples", sample)
+    writers.end_hparams()
     if writers.enabled:
         (workdir / "samples.txt").write_text(sample + "\n")
-    writers.print(f"\nvalidation loss {eval_loss:.4f} (perplexity {math.exp(eval_loss):.2f}) | unigram baseline "
-                  f"{data.unigram_loss:.4f} | {log.tokens_per_s:,.0f} tok/s\n--- sample ---\n{sample}\n"
-                  "--------------")
-    writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | "
-                  f"tensorboard --logdir={workdir / 'tensorboard'} | checkpoints: {ckpt.directory}")
+    writers.print(f"\nvalidation loss {final['loss']:.4f} (perplexity {final['perplexity']:.2f}, {final['bpb']:.4f} "
+                  f"bits per byte) | unigram baseline {data.unigram_loss:.4f} | {log.tokens_per_s:,.0f} tok/s | "
+                  f"compile {log.compile_s:.1f}s, then {log.steady_step_s * 1e3:.1f} ms per step\n--- sample ---\n"
+                  f"{sample}\n--------------")
+    writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | log: "
+                  f"{workdir / 'train.log'} | tensorboard --logdir={workdir / 'tensorboard'} | checkpoints: "
+                  f"{ckpt.directory}")
     writers.close()
-    return Result(log.losses, eval_loss, data.unigram_loss, sample, log.compile_s, log.tokens_per_s, start)
+    return Result(log.losses, final["loss"], data.unigram_loss, sample, log.compile_s, log.tokens_per_s, start,
+                  eval_metrics=final, steady_step_s=log.steady_step_s)
 
 
 def _sample(run: Run) -> str:
     s, tok = run.cfg.sample, run.data.tokenizer
-    new_ids = generate(run.state.model, run.state.params, tok.encode(s.prompt), s.max_new_tokens,
-                       run.cfg.train.seq_len, s.temperature, s.seed)[0]
+    new_ids = generate(run.state.model, run.state.params, [tok.encode(s.prompt)], s.max_new_tokens,
+                       run.cfg.train.seq_len, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                       seed=s.seed)[0]
     return s.prompt + tok.decode(new_ids)

@@ -20,10 +20,11 @@ from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.models import build_model
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import batch_sharding, replicated
+from llm_jax.train.evaluate import Evaluator, make_evaluator
 from llm_jax.train.guard import GuardOptions
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
-from llm_jax.train.step import eval_step, train_step
+from llm_jax.train.step import train_step
 
 
 class Prepared(NamedTuple):
@@ -34,14 +35,16 @@ class Prepared(NamedTuple):
     params_sharding: Any  # NamedShardings of the parameters, checked against the rules
 
 
-def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Prepared:
+def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_data: bool = True) -> Prepared:
     """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
-    and model, and check that every parameter has a sharding rule that divides it."""
+    and model, and check that every parameter has a sharding rule that divides it (and, unless `check_data` is
+    False, as for sampling, that the data sources exist)."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     cfg = finalize(cfg, tokenizer.vocab_size)
     num_devices = len(devices) if devices is not None else jax.device_count()
     mesh = make_mesh(validate(cfg, num_devices, jax.process_count()), devices)
-    check_sources(cfg.data)
+    if check_data:
+        check_sources(cfg.data)
     if cfg.checkpoint.init_from:
         try:
             check_source(cfg.checkpoint.init_from)
@@ -62,7 +65,7 @@ class Run:
     state_sharding: TrainState  # the same tree, of NamedShardings
     batch_sharding: NamedSharding
     jit_train: jax.stages.Wrapped  # (state, batch) -> (state, metrics), state donated
-    jit_eval: jax.stages.Wrapped  # (state, batch) -> {loss_sum, tokens}
+    evaluate: Evaluator  # params -> {loss, perplexity, bpb} on the fixed validation batches
 
     @property
     def num_params(self) -> int:
@@ -81,5 +84,7 @@ def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Ru
     batch_sh = batch_sharding(mesh, rules)
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
                         donate_argnums=0)
-    jit_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated(mesh))
-    return Run(cfg, mesh, rules, data, state, state_sh, batch_sh, jit_train, jit_eval)
+    evaluator = make_evaluator(model, mesh, tokenizer, cfg.model.vocab_size, state_sh.params, batch_sh, data.eval,
+                               t.eval_batches)
+    return Run(cfg, mesh, rules, data, state, state_sh, batch_sh, jit_train, evaluator)
+

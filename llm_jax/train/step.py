@@ -4,6 +4,7 @@ A batch holds rows of seq_len + 1 tokens: the model reads tokens[:, :-1] and pre
 counts only if it belongs to the same document as the token before it and is not padding.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -81,9 +82,11 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard), metrics
 
 
-def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-    """Summed loss and token count, so that several batches combine into an exact mean."""
+def eval_step(model: nn.Module, params, batch: Batch, token_bytes_V: jax.Array) -> dict[str, jax.Array]:
+    """Summed loss, target tokens and the UTF-8 bytes they stand for, so that several batches combine into an exact
+    mean loss per token and bits per byte."""
     inputs, targets_BL, mask_BL = split_batch(batch)
-    logits_BLV = state.model.apply({"params": state.params}, *inputs)
+    logits_BLV = model.apply({"params": params}, *inputs)
     ce_sum, _ = cross_entropy(logits_BLV, targets_BL, mask_BL, 0.0)
-    return {"loss_sum": ce_sum, "tokens": mask_BL.sum().astype(jnp.float32)}
+    return {"loss_sum": ce_sum, "tokens": mask_BL.sum().astype(jnp.float32),
+            "bytes": jnp.sum(jnp.take(token_bytes_V, targets_BL) * mask_BL).astype(jnp.float32)}

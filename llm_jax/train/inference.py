@@ -1,0 +1,83 @@
+"""A trained model for `llm-jax eval` and `llm-jax sample`: the run's saved config and tokenizer, and its
+parameters placed on this machine's mesh (sharded as the config's rules say, so a model too big for one device
+still loads)."""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from llm_jax.checkpoint import safetensors
+from llm_jax.checkpoint.manager import check_compatible
+from llm_jax.checkpoint.params import abstract_like, find_step_dir, load_params, read_meta
+from llm_jax.config.load import ConfigError, config_from_saved
+from llm_jax.data.pipeline import make_data
+from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.parallel.runtime import init_runtime
+from llm_jax.parallel.sharding import batch_sharding
+from llm_jax.train.evaluate import make_evaluator
+from llm_jax.train.setup import prepare
+from llm_jax.train.state import abstract_params
+
+
+@dataclasses.dataclass
+class Trained:
+    cfg: ml_collections.ConfigDict  # finalized
+    mesh: Mesh
+    rules: tuple
+    model: nn.Module
+    tokenizer: Tokenizer
+    params: Any
+    source: pathlib.Path  # the checkpoint step directory or the exported file read
+    step: int | None
+    dropped_keys: list[str]  # keys of the saved config that this version no longer has
+
+
+def saved_config(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
+    """The checkpoint step directory (or exported file) that `path` and `step` name, and the config it holds."""
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist")
+        _, metadata = safetensors.read(path)
+        return path, json.loads(metadata.get("config", "{}"))
+    source = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
+    return source, read_meta(source).get("config", {})
+
+
+def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: list[str] = (),
+                 check_data: bool = True) -> Trained:
+    """`path`: a run's workdir (its latest checkpoint, or `step`'s), a checkpoints/<step> directory, or a file
+    from `llm-jax export`. `overrides` are `a.b=value` changes to the saved config (e.g. the mesh, or
+    data.tokenizer_path when the tokenizer moved)."""
+    path = pathlib.Path(path)
+    source, saved = saved_config(path, step)
+    if not saved:
+        raise ConfigError(f"{source} holds no config; it was not written by `llm-jax train` or `llm-jax export`")
+    cfg, dropped = config_from_saved(saved, ["checkpoint.init_from=", *overrides])
+    init_runtime(cfg)
+    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, check_data=check_data)
+    abstract = abstract_like(nn.unbox(abstract_params(model, cfg.train.seq_len)), params_sh)
+    params, meta = load_params(source, abstract)
+    check_compatible(meta, tokenizer.identity(), source)
+    rules = tuple(tuple(r) for r in cfg.sharding.rules)
+    step_read = int(meta["step"]) if str(meta.get("step", "")).isdigit() else None
+    return Trained(cfg, mesh, rules, model, tokenizer, params, source, step_read, dropped)
+
+
+def evaluate_trained(trained: Trained) -> dict[str, float]:
+    """{loss, perplexity, bpb} on the run's validation batches: the numbers its training logged at that step."""
+    cfg, mesh = trained.cfg, trained.mesh
+    data = make_data(cfg, trained.tokenizer, jax.process_index(), jax.process_count())
+    try:
+        params_sh = jax.tree.map(lambda x: x.sharding, trained.params)
+        evaluator = make_evaluator(trained.model, mesh, trained.tokenizer, cfg.model.vocab_size, params_sh,
+                                   batch_sharding(mesh, trained.rules), data.eval, cfg.train.eval_batches)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(trained.rules):
+            return evaluator(trained.params)
+    finally:
+        data.train.close()
