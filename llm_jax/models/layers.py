@@ -69,13 +69,35 @@ def attention_mask(segment_ids_BL: Array) -> Array:
     return causal_LS[None] & same_doc_BLS
 
 
+def write_cache(cache: tuple[Array, Array], k_BLGK: Array, v_BLGK: Array,
+                positions_BL: Array) -> tuple[Array, Array, Array]:
+    """Store this call's keys/values at slots = their positions; returns (k_BSGK, v_BSGK, mask_BLS).
+
+    Each row holds one document, so a query sees every slot up to its own position: that covers the prompt and
+    the tokens decoded so far, while slots past it (right padding, stale values) stay hidden.
+    """
+    cache_k_BSGK, cache_v_BSGK = cache
+    B, S = cache_k_BSGK.shape[:2]
+    rows_B1 = jnp.arange(B)[:, None]
+    k_BSGK = cache_k_BSGK.at[rows_B1, positions_BL].set(k_BLGK.astype(cache_k_BSGK.dtype))
+    v_BSGK = cache_v_BSGK.at[rows_B1, positions_BL].set(v_BLGK.astype(cache_v_BSGK.dtype))
+    k_BSGK = constrain(k_BSGK, ("batch", "length", "kv_heads", "kv"))
+    v_BSGK = constrain(v_BSGK, ("batch", "length", "kv_heads", "kv"))
+    mask_BLS = jnp.arange(S)[None, None, :] <= positions_BL[:, :, None]
+    return k_BSGK, v_BSGK, mask_BLS
+
+
 class Attention(nn.Module):
-    """Causal grouped-query self-attention (G = H is multi-head, G = 1 multi-query)."""
+    """Causal grouped-query self-attention (G = H is multi-head, G = 1 multi-query).
+
+    With `cache` = (k_BSGK, v_BSGK) of the earlier tokens, attends over the cache and returns (out, new cache).
+    """
 
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, segment_ids_BL: Array, positions_BL: Array) -> Array:
+    def __call__(self, x_BLD: Array, segment_ids_BL: Array, positions_BL: Array,
+                 cache: tuple[Array, Array] | None = None) -> Array | tuple[Array, tuple[Array, Array]]:
         c = self.cfg
         D, H, G, K = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         B, L, _ = x_BLD.shape
@@ -95,16 +117,21 @@ class Attention(nn.Module):
             q_BLHK = rope(q_BLHK, positions_BL, c.rope_theta)
             k_BSGK = rope(k_BSGK, positions_BL, c.rope_theta)
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
+        if cache is None:
+            mask_BLS = attention_mask(segment_ids_BL)
+        else:  # S is now the cache length; the new keys/values (S = L above) go into it
+            k_BSGK, v_BSGK, mask_BLS = write_cache(cache, k_BSGK, v_BSGK, positions_BL)
 
         q_BLGRK = q_BLHK.reshape(B, L, G, H // G, K)
         scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK).astype(jnp.float32) * K**-0.5
-        mask_B11LS = attention_mask(segment_ids_BL)[:, None, None]
+        mask_B11LS = mask_BLS[:, None, None]
         # A large finite negative (not -inf) keeps fully masked rows (padding) finite instead of NaN.
         scores_BGRLS = jnp.where(mask_B11LS, scores_BGRLS, jnp.finfo(jnp.float32).min)
         probs_BGRLS = jax.nn.softmax(scores_BGRLS, axis=-1).astype(c.dtype)
         out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
         out_BLHK = constrain(out_BLGRK.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
-        return jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+        out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+        return out_BLD if cache is None else (out_BLD, (k_BSGK, v_BSGK))
 
 
 class Mlp(nn.Module):
