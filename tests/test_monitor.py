@@ -176,3 +176,19 @@ def test_peak_flops_from_the_table_an_override_or_a_timed_matmul():
     assert peak_flops(devices, "float32", peak_tflops=2.0) == (8e12, "monitor.peak_tflops")
     measured, source = peak_flops(devices, "float32", cpu_matmul=256)
     assert 1e8 < measured < 1e14 and "timed" in source  # the 4 fake devices share one CPU: counted once
+
+
+def test_reading_events_drops_what_a_resumed_run_logged_again(tmp_path):
+    """As TensorBoard does: a writer that resumes from step 3 hides the earlier writer's steps >= 3."""
+    import time
+
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as w:
+        for step in range(1, 6):
+            w.add_scalar("train/loss", 1.0, step)
+    time.sleep(1.1)  # event file names carry the second they were created: the resumed file sorts after
+    with SummaryWriter(str(tmp_path), purge_step=3) as w:
+        for step in (3, 4):
+            w.add_scalar("train/loss", 2.0, step)
+    assert read_run(tmp_path).scalars["train/loss"] == {1: 1.0, 2: 1.0, 3: 2.0, 4: 2.0}

@@ -43,15 +43,17 @@ def model_and_params(name: str, scan: bool = True):
     return build_model(make_cfg(init_std=0.2, scan_layers=False, **MODELS[name])), unstack_layers(params, 2)
 
 
-def rows_of(prompts, context=CONTEXT):
-    return [np.concatenate([[BOS_ID], p])[-context:].astype(np.int32) for p in prompts]
+def rows_of(prompts, context=CONTEXT, max_new=NEW):
+    """<bos> + prompt, an over-long one cut to its last tokens so that max_new fit (keeping half the context)."""
+    keep = max(context - max_new, (context + 1) // 2)
+    return [np.concatenate([[BOS_ID], p])[-keep:].astype(np.int32) for p in prompts]
 
 
 def reference(model, params, prompts, max_new=NEW, context=CONTEXT, given=None):
     """Greedy without a cache: the whole prefix through model.apply for every new token (in a fixed-width buffer,
     which a causal model does not see past). Returns (new ids per row, the logits at each new token's step). With
     `given` (sampled continuations), feeds those tokens instead of the argmax, to score them."""
-    rows = rows_of(prompts, context)
+    rows = rows_of(prompts, context, max_new)
     buf = np.full((len(rows), context), PAD_ID, np.int32)
     for i, r in enumerate(rows):
         buf[i, : len(r)] = r
@@ -187,12 +189,16 @@ def test_sharded_params_give_the_same_greedy_tokens():
 
 def test_context_caps_each_row():
     model, params = model_and_params("rope-rmsnorm-swiglu-gqa")
-    # With <bos>: longer than the context (nothing fits), 3 slots left, and a short one with room for all NEW.
+    # Longer than the context, 4 slots left, and a short one: the long ones are cut to leave room for NEW.
     prompts = [random_tokens((CONTEXT + 5,), seed=21), random_tokens((CONTEXT - 4,), seed=22), PROMPTS[0]]
     got = generate(model, params, prompts, NEW, CONTEXT, temperature=0.0)
-    assert [len(g) for g in got] == [0, 3, NEW]
+    assert [len(g) for g in got] == [NEW, NEW, NEW]
     assert_same(got, reference(model, params, prompts)[0])
-    assert_same(generate(model, params, prompts[:1], NEW, CONTEXT), [np.zeros(0, np.int32)])
+    # Asking for more than half the context: prompts keep half of it, and a row ends when the context is full.
+    many = CONTEXT - 4
+    got = generate(model, params, prompts, many, CONTEXT, temperature=0.0)
+    assert [len(g) for g in got] == [CONTEXT // 2, CONTEXT // 2, CONTEXT - len(PROMPTS[0]) - 1]
+    assert_same(got, reference(model, params, prompts, max_new=many)[0])
     with pytest.raises(ValueError, match="max_seq_len"):
         generate(model, params, PROMPTS, NEW, model.cfg.max_seq_len + 1)
 

@@ -87,15 +87,17 @@ def generate(model: nn.Module, params, prompts: Sequence[Sequence[int]], max_new
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[np.ndarray]:
     """Continue <bos> + each prompt; returns the new ids per prompt (without the <eos> that ended it).
 
-    A row holds at most `context` tokens: an over-long prompt keeps its last `context` tokens, and a row gets at
-    most context - its prompt length new tokens. `params` may be sharded over a mesh (the shardings carry over;
+    A row holds at most `context` tokens: an over-long prompt keeps its last tokens, leaving room for
+    `max_new_tokens` new ones (but keeping at least half the context), and a row gets at most context - its
+    prompt length new tokens. `params` may be sharded over a mesh (the shardings carry over;
     inside `jax.set_mesh` and `nn.logical_axis_rules` the model's layout constraints apply too). To sample one
     prompt n times, pass it n times.
     """
     if context > model.cfg.max_seq_len:
         raise ValueError(f"context={context} is above the model's position limit model.max_seq_len="
                          f"{model.cfg.max_seq_len}; pass a shorter context")
-    rows = [np.concatenate([[BOS_ID], np.asarray(p, np.int32)])[-context:].astype(np.int32) for p in prompts]
+    keep = max(context - max_new_tokens, (context + 1) // 2)
+    rows = [np.concatenate([[BOS_ID], np.asarray(p, np.int32)])[-keep:].astype(np.int32) for p in prompts]
     lengths = np.array([len(r) for r in rows], np.int32)
     limits = np.clip(context - lengths, 0, max(max_new_tokens, 0)).astype(np.int32)
     max_new = int(limits.max(initial=0))
