@@ -21,8 +21,10 @@ if __name__ == "__main__":
 
     cfg = small_config()
     cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every_steps = steps, 1, 1000
+    cfg.sample.max_new_tokens = 8  # the final sample: generation with parameters sharded over two processes
     result = train(cfg, workdir)
     with open(out, "w") as f:
         json.dump({"stopped_at": result.stopped_at, "start_step": result.start_step,
-                   "losses": result.train_losses, "devices": jax.device_count()}, f)
+                   "losses": result.train_losses, "devices": jax.device_count(), "sample": result.sample,
+                   "eval_loss": result.eval_loss}, f)
     jax.distributed.shutdown()

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     cfg = small_config()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
     cfg.train.steps, cfg.train.eval_every, cfg.sample.every_steps = STEPS, 3, 3
-    cfg.checkpoint.every_steps = 3
+    cfg.checkpoint.every_steps, cfg.sample.max_new_tokens = 3, 8
     cfg.profile.steps, cfg.profile.start_step = 1, 4
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -52,3 +52,6 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     results = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
     assert [r["start_step"] for r in results] == [stopped, stopped]
     assert results[0]["losses"] == results[1]["losses"] and len(results[0]["losses"]) == 2
+    # The end of the run: both processes evaluate and sample with the parameters split between them.
+    assert results[0]["eval_loss"] == results[1]["eval_loss"] and results[0]["eval_loss"] < 10
+    assert results[0]["sample"] == results[1]["sample"] and len(results[0]["sample"]) > len("ROMEO:\n")
