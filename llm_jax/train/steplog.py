@@ -101,7 +101,8 @@ class StepLog:
             self.writers.print(f"step {step + 1}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
                                f"grad norm {metrics['grad_norm']:.3f} | {self.tokens_per_s:,.0f} tok/s{mfu} | "
                                f"ETA {format_duration(eta_s)}")
-        self.writers.progress(step + 1, t.steps, metrics["loss"], self.tokens_per_s, eta_s)
+        average_tokens_per_s = t.global_batch * t.seq_len * done_since / max(now - self.steady_start, 1e-9)
+        self.writers.progress(step + 1, t.steps, metrics["loss"], average_tokens_per_s, eta_s)
 
 
 def system_metrics() -> dict[str, float]:
