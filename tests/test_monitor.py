@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import subprocess
 
 import numpy as np
@@ -143,7 +144,7 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_eval_reproduces_the_losses_logged_at_each_checkpoint(run):
     workdir, result, _ = run
     logged = read_run(workdir / "tensorboard").scalars["eval/loss"]
-    code, out = _cli("eval", f"--workdir={workdir}")
+    code, out = _cli("eval", f"--workdir={os.path.relpath(workdir)}")  # a relative path, as users type them
     assert code == 0, out
     final = json.loads(out.splitlines()[-1])
     assert final["step"] == STEPS and final["loss"] == result.eval_loss  # the same number, evaluated twice

@@ -94,7 +94,7 @@ def check_same_shapes(saved, now, where: pathlib.Path) -> None:
 
 def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
     """A checkpoint step directory from a run's workdir, its checkpoints/ directory, or the step directory."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # orbax reads relative paths as nothing (no metadata, no error)
     if (path / "state").is_dir():
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
