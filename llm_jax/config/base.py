@@ -50,19 +50,36 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True
     m.remat = "none"  # none | full | dots
 
+    # Each mesh axis is (ICI size) x (DCN size). ICI: devices inside one slice (TPU) or node (GPU) over the fast
+    # interconnect; -1 = all the slice's devices the other axes leave. DCN: across slices or nodes (one process per
+    # GPU node); -1 = all the slices/nodes the other DCN axes leave. Usually only data (or fsdp) crosses DCN.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1: all devices left over by the other axes
+    c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.dcn_data = 1
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = DEFAULT_RULES
 
     c.runtime = ml_collections.ConfigDict()
     c.runtime.num_cpu_devices = 0  # >0: split the host CPU into this many devices (tests, mesh rehearsal)
+    c.runtime.xla_flags = ""  # added to XLA_FLAGS before JAX starts (topology presets set the recommended ones)
+    c.runtime.libtpu_init_args = ""  # added to LIBTPU_INIT_ARGS before JAX starts (TPU compiler flags)
+    # Multi-process (multi-host) runs: jax.distributed. auto: start it when JAX recognises a cluster (SLURM job,
+    # TPU VM pod, Kubernetes indexed job, Open MPI) or a coordinator is given; on: always; off: one process.
+    c.runtime.distributed = "auto"
+    c.runtime.coordinator_address = ""  # host:port of process 0 (or env JAX_COORDINATOR_ADDRESS); "" = detect
+    c.runtime.num_processes = 0  # 0: detect
+    c.runtime.process_id = -1  # -1: detect
+    c.runtime.init_timeout_s = 300  # how long to wait for every process to join
+    c.runtime.heartbeat_timeout_s = 100  # a peer silent this long (dead or hung) ends the job with an error
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 800
     t.global_batch = 16  # sequences per optimizer step, over all devices and micro-batches
+    t.per_device_batch = 0  # >0: global_batch = this x the number of devices (topology presets use it)
     t.seq_len = 128
     t.grad_accum = 1  # micro-batches per step; each holds global_batch / grad_accum sequences
     t.seed = 0

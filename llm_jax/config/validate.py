@@ -24,17 +24,19 @@ CHOICES = {
     "data.tokenizer": ("byte", "sentencepiece"),
     "train.nan_policy": ("stop", "skip"),
     "monitor.progress": ("auto", "plain"),
+    "runtime.distributed": ("auto", "on", "off"),
 }
 POSITIVE = (
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
     "model.mlp_dim", "model.max_seq_len",
     "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
     "train.log_every", "train.eval_batches", "train.spike_window", "train.max_skips_in_a_row", "data.prefetch",
-    "checkpoint.keep", "profile.start_step",
+    "checkpoint.keep", "profile.start_step", "runtime.init_timeout_s", "runtime.heartbeat_timeout_s",
 )
 NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.every_minutes",
                 "checkpoint.keep_every", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
-                "sample.every_steps", "monitor.peak_tflops", "profile.steps")
+                "sample.every_steps", "monitor.peak_tflops", "profile.steps", "train.per_device_batch",
+                "runtime.num_processes")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):
@@ -49,24 +51,41 @@ def mesh_axes(target) -> tuple[str, ...]:
     return () if target is None else (target,) if isinstance(target, str) else tuple(target)
 
 
-def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-    """The (data, fsdp, tensor) sizes with a `-1` axis filled in; their product must be the device count."""
-    sizes = [int(mesh[a]) for a in MESH_AXES]
-    named = ", ".join(f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes, strict=True))
+def _resolve_axes(sizes: list[int], keys: list[str], total: int, what: str) -> tuple[int, ...]:
+    named = ", ".join(f"{k}={v}" for k, v in zip(keys, sizes, strict=True))
     if sizes.count(-1) > 1:
-        raise ConfigError(f"only one mesh axis may be -1, got {named}; set the others to explicit sizes")
+        raise ConfigError(f"only one of {', '.join(keys)} may be -1, got {named}; set the others to explicit sizes")
     if any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(f"mesh axes must be positive or -1, got {named}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if num_devices % known:
-            raise ConfigError(f"{named} cannot fill {num_devices} devices: {num_devices} is not divisible by "
-                              f"{known}; change the explicit axes so their product divides {num_devices}")
-        sizes[sizes.index(-1)] = num_devices // known
-    elif known != num_devices:
-        raise ConfigError(f"{named} uses {known} devices but {num_devices} are available; make the product "
-                          f"{num_devices}, or set one axis to -1 to take the rest")
+        if total % known:
+            raise ConfigError(f"{named} cannot fill {total} {what}: {total} is not divisible by {known}; change the "
+                              f"explicit axes so their product divides {total}")
+        sizes[sizes.index(-1)] = total // known
+    elif known != total:
+        raise ConfigError(f"{named} uses {known} {what} but there are {total}; make the product {total}, or set "
+                          "one axis to -1 to take the rest")
     return tuple(sizes)
+
+
+def resolve_mesh(mesh: ml_collections.ConfigDict, num_devices: int,
+                 num_granules: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (data, fsdp, tensor) sizes inside a slice/node (ICI) and across the `num_granules` slices/nodes (DCN),
+    with -1 axes filled in. Each mesh axis is ICI size x DCN size."""
+    if num_devices % num_granules:
+        raise ConfigError(f"{num_devices} devices do not split evenly over {num_granules} slices/nodes")
+    dcn = _resolve_axes([int(mesh[f"dcn_{a}"]) for a in MESH_AXES], [f"mesh.dcn_{a}" for a in MESH_AXES],
+                        num_granules, "slices/nodes (processes on GPU and CPU)")
+    ici = _resolve_axes([int(mesh[a]) for a in MESH_AXES], [f"mesh.{a}" for a in MESH_AXES],
+                        num_devices // num_granules, "devices per slice/node")
+    return ici, dcn
+
+
+def resolve_mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int, num_granules: int = 1) -> tuple[int, ...]:
+    """The whole (data, fsdp, tensor) mesh: ICI x DCN per axis."""
+    ici, dcn = resolve_mesh(mesh, num_devices, num_granules)
+    return tuple(i * d for i, d in zip(ici, dcn, strict=True))
 
 
 def shards_of(cfg: ml_collections.ConfigDict, mesh_shape: tuple[int, ...], logical: str) -> tuple[int, str]:
@@ -117,8 +136,11 @@ def _divides(cfg, mesh_shape, key: str, logical: str) -> None:
                           f"make {key} a multiple of {n} or shrink those mesh axes")
 
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> tuple[int, ...]:
-    """Raise ConfigError on the first problem; return the resolved mesh shape. `cfg` must be finalized."""
+def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int = 1,
+             num_granules: int | None = None) -> tuple[int, ...]:
+    """Raise ConfigError on the first problem; return the resolved mesh shape. `cfg` must be finalized.
+    `num_granules`: slices (TPU) or processes (GPU, CPU) that DCN axes span; default: 1 unless a DCN axis is
+    set, then the process count."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of: {', '.join(allowed)}")
@@ -129,7 +151,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
     _check_rules(cfg.sharding.rules)
-    mesh_shape = resolve_mesh_shape(cfg.mesh, num_devices)
+    if num_granules is None:
+        uses_dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in MESH_AXES)
+        num_granules = process_count if uses_dcn else 1
+    mesh_shape = resolve_mesh_shape(cfg.mesh, num_devices, num_granules)
     m, t = cfg.model, cfg.train
 
     if m.num_heads % m.num_kv_heads:
