@@ -1,6 +1,7 @@
 """Config loading, overrides, finalize and validate: every mistake is one ConfigError line that names the key."""
 
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -273,3 +274,38 @@ def test_monitoring_keys_are_checked(override, key):
     set_key(cfg, key_, value, "test")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(finalize(cfg, 259), 1, 1)
+
+
+def _topologies() -> dict:
+    return load_module(pathlib.Path(TRAIN_CONFIG).parent / "topologies.py").PRESETS
+
+
+@pytest.mark.parametrize("topology", sorted(_topologies()))
+def test_every_topology_preset_fits_the_hardware_it_names(topology):
+    """Each preset, with the 8B model, validates on its target's device and process count; the mesh is ICI x DCN."""
+    target = _topologies()[topology]
+    cfg = finalize(load_config(f"{TRAIN_CONFIG}:model=llama3_8b,topology={topology}"), 128256)
+    uses_dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in ("data", "fsdp", "tensor"))
+    granules = target.get("slices", target["processes"]) if uses_dcn else 1  # TPU slices, GPU nodes
+    if cfg.train.per_device_batch:
+        cfg.train.global_batch = cfg.train.per_device_batch * target["devices"]
+    shape = validate(cfg, target["devices"], target["processes"], granules)
+    assert math.prod(shape) == target["devices"]
+    if topology == "tpu_v5p_128x2":
+        assert shape == (2, 64, 1)  # data across the two slices, FSDP inside each
+    if topology == "gpu_cluster":
+        assert shape == (4, 8, 1)  # 4 nodes of 8 GPUs
+
+
+def test_gpu_xla_flags_are_known_to_this_jaxlib():
+    """XLA aborts at start-up on a flag it does not know: start a backend with the GPU presets' flags (the flag
+    registry is shared by every backend), and check that a made-up flag is refused the same way."""
+    flags = load_module(pathlib.Path(TRAIN_CONFIG).parent / "topologies.py").GPU_XLA_FLAGS
+
+    def start(xla_flags: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+        return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    assert start(flags).returncode == 0, start(flags).stderr[-2000:]
+    assert start(flags + " --xla_gpu_no_such_flag=true").returncode != 0

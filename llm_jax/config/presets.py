@@ -8,6 +8,7 @@ from llm_jax.config.base import base_config
 from llm_jax.config.load import ConfigError, apply_overrides, load_module
 
 DEFAULTS = {"model": "tiny", "topology": "cpu"}
+TARGET_KEYS = ("devices", "processes", "slices")  # what a topology preset is for: read by the planner, not config keys
 
 
 def parse_preset_arg(arg: str) -> dict[str, str]:
@@ -39,6 +40,7 @@ def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.P
     model = {k if "." in k else f"model.{k}": v for k, v in model.items()}
     apply_overrides(cfg, model, f"model preset '{chosen['model']}'")
     topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
+    topology = {k: v for k, v in topology.items() if k not in TARGET_KEYS}
     apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
     cfg.model_preset = chosen["model"]
     cfg.topology_preset = chosen["topology"]
