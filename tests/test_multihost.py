@@ -1,0 +1,77 @@
+"""Multi-host behaviour through the real command line: two processes of four CPU devices each, joined by
+jax.distributed on 127.0.0.1 from the `runtime.*` config keys, train like one process of eight devices, checkpoint
+and resume; and a dead peer ends the job within the heartbeat timeout instead of hanging."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from llm_jax.train.loop import train
+from tests.conftest import REPO, TRAIN_CONFIG, small_config
+from tests.test_cli import SMALL
+from tests.test_multiprocess_data import _free_port
+
+
+def _start_job(workdir, steps: int, *extra: str) -> list[subprocess.Popen]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets up its devices itself
+    return [subprocess.Popen(
+        [sys.executable, "-m", "llm_jax", "train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu",
+         f"--workdir={workdir}", *SMALL, f"--config.train.steps={steps}", "--config.train.log_every=1",
+         f"--config.runtime.coordinator_address=127.0.0.1:{port}", "--config.runtime.num_processes=2",
+         f"--config.runtime.process_id={i}", "--config.runtime.num_cpu_devices=4", *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _finish(procs) -> list[str]:
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-2500:] for log in logs)
+    return logs
+
+
+def _losses(workdir) -> dict[int, float]:
+    records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_two_processes_of_four_devices_train_checkpoint_and_resume_like_one_of_eight(tmp_path):
+    job = tmp_path / "job"
+    logs = _finish(_start_job(job, 6, "--config.checkpoint.every_steps=2"))
+    assert "devices: 8 x cpu | mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in logs[0]
+    assert "step 6/6" not in logs[1]  # only process 0 logs ...
+    assert sorted(int(p.name) for p in (job / "checkpoints").iterdir()) == [2, 4, 6]  # ... all save together
+    shutil.rmtree(job / "checkpoints" / "6")  # as if the job had died between the saves at steps 4 and 6
+    logs = _finish(_start_job(job, 6, "--config.checkpoint.every_steps=2"))
+    assert f"resumed from {job / 'checkpoints' / '4'}" in logs[0]
+
+    cfg = small_config()
+    cfg.train.steps, cfg.train.log_every = 6, 1
+    one = train(cfg, tmp_path / "one", jax.devices())  # one process, the same 8-device mesh
+    got = _losses(job)
+    assert sorted(got) == list(range(1, 7))
+    assert [got[s] for s in range(1, 7)] == pytest.approx(one.train_losses, rel=1e-6, abs=0)
+
+
+def test_a_dead_peer_ends_the_job_within_the_heartbeat_timeout(tmp_path):
+    job = tmp_path / "job"
+    procs = _start_job(job, 100_000, "--config.runtime.heartbeat_timeout_s=5")
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((job / "metrics.jsonl").exists() and len(_losses(job)) >= 2):
+        assert procs[0].poll() is None, procs[0].communicate()[0][-2000:]
+        time.sleep(0.2)
+    assert len(_losses(job)) >= 2, "the job did not start training"
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    try:
+        out = procs[0].communicate(timeout=60)[0]
+    finally:
+        procs[0].kill()
+    assert time.time() - killed < 60 and procs[0].returncode != 0
+    assert "stopped sending heartbeats" in out or "another task died" in out, out[-2000:]
