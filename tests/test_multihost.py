@@ -61,7 +61,9 @@ def test_two_processes_of_four_devices_train_checkpoint_and_resume_like_one_of_e
 
 def test_a_dead_peer_ends_the_job_within_the_heartbeat_timeout(tmp_path):
     job = tmp_path / "job"
-    procs = _start_job(job, 100_000, "--config.runtime.heartbeat_timeout_s=5")
+    # The mesh's data axis spans the two processes over "DCN" (JAX's hybrid layout, a process per node).
+    procs = _start_job(job, 100_000, "--config.runtime.heartbeat_timeout_s=5", "--config.mesh.data=4",
+                       "--config.mesh.dcn_data=2")
     deadline = time.time() + 120
     while time.time() < deadline and not ((job / "metrics.jsonl").exists() and len(_losses(job)) >= 2):
         assert procs[0].poll() is None, procs[0].communicate()[0][-2000:]
@@ -75,3 +77,23 @@ def test_a_dead_peer_ends_the_job_within_the_heartbeat_timeout(tmp_path):
         procs[0].kill()
     assert time.time() - killed < 60 and procs[0].returncode != 0
     assert "stopped sending heartbeats" in out or "another task died" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, False),  # srun -n 1: one process
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, True),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, True),  # a TPU VM pod slice
+    ({"TPU_WORKER_HOSTNAMES": "t0"}, False),  # a single-host TPU VM
+    ({"KUBERNETES_SERVICE_HOST": "10.1.0.1", "JOB_COMPLETION_INDEX": "3"}, True),
+])
+def test_a_cluster_is_recognised_from_its_environment(monkeypatch, env, expected):
+    from llm_jax.parallel.runtime import in_cluster
+
+    for key in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                "TPU_WORKER_HOSTNAMES", "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert in_cluster() is expected

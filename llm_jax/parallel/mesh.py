@@ -14,9 +14,14 @@ from llm_jax.config.load import ConfigError
 from llm_jax.config.validate import MESH_AXES, resolve_mesh
 
 
+def _slices_are_granules(devices: list) -> bool:
+    # TPU devices name their slice; elsewhere (GPU nodes, CPU hosts) a process is the unit DCN connects.
+    return devices[0].platform == "tpu" and hasattr(devices[0], "slice_index")
+
+
 def granules(devices: list) -> int:
-    """What DCN axes span: TPU slices where devices name one, else processes (one per GPU node, or CPU host)."""
-    if hasattr(devices[0], "slice_index"):
+    """What DCN axes span: TPU slices, else processes (one per GPU node, or CPU host)."""
+    if _slices_are_granules(devices):
         return len({d.slice_index for d in devices})
     return len({d.process_index for d in devices})
 
@@ -31,7 +36,7 @@ def make_mesh(shape: tuple[int, ...], devices: list | None = None,
         ici_shape = tuple(s // d for s, d in zip(shape, dcn_shape, strict=True))
         try:
             array = mesh_utils.create_hybrid_device_mesh(
-                ici_shape, dcn_shape, devices, process_is_granule=not hasattr(devices[0], "slice_index"),
+                ici_shape, dcn_shape, devices, process_is_granule=not _slices_are_granules(devices),
                 allow_split_physical_axes=True)
         except ValueError as e:
             raise ConfigError(f"mesh.dcn_* {dict(zip(MESH_AXES, dcn_shape, strict=True))} does not fit these "
