@@ -41,15 +41,27 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def _launch_local(workdir, steps: int) -> str:
+    """The job through launch/local.sh, as a user starts it: 2 processes x 4 CPU devices."""
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "NPROC": "2", "DEVICES_PER_PROC": "4"}
+    out = subprocess.run(["bash", "launch/local.sh", "--", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu",
+                          f"--workdir={workdir}", *SMALL, f"--config.train.steps={steps}",
+                          "--config.train.log_every=1", "--config.checkpoint.every_steps=2"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert all(line.startswith(("[0] ", "[1] ")) for line in out.stdout.splitlines()), out.stdout[-2000:]
+    return out.stdout
+
+
 def test_two_processes_of_four_devices_train_checkpoint_and_resume_like_one_of_eight(tmp_path):
     job = tmp_path / "job"
-    logs = _finish(_start_job(job, 6, "--config.checkpoint.every_steps=2"))
-    assert "devices: 8 x cpu | mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in logs[0]
-    assert "step 6/6" not in logs[1]  # only process 0 logs ...
+    out = _launch_local(job, 6)
+    assert "[0] devices: 8 x cpu | mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in out
+    assert "[0] step 6/6 | loss" in out and "[1] step" not in out  # only process 0 logs ...
     assert sorted(int(p.name) for p in (job / "checkpoints").iterdir()) == [2, 4, 6]  # ... all save together
     shutil.rmtree(job / "checkpoints" / "6")  # as if the job had died between the saves at steps 4 and 6
-    logs = _finish(_start_job(job, 6, "--config.checkpoint.every_steps=2"))
-    assert f"resumed from {job / 'checkpoints' / '4'}" in logs[0]
+    out = _launch_local(job, 6)
+    assert f"[0] resumed from {job / 'checkpoints' / '4'}" in out
 
     cfg = small_config()
     cfg.train.steps, cfg.train.log_every = 6, 1
