@@ -15,6 +15,8 @@ COMMANDS = {
     "sample": "continue prompts with a trained model: llm-jax sample --workdir=runs/x --prompt='ROMEO:'",
     "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
+    "plan": "will a job fit? compile its train step for the target on CPU, print memory, FLOPs and collectives "
+            "per device: llm-jax plan --config=configs/train.py:model=llama3_8b,topology=h100_8",
 }
 
 
@@ -250,8 +252,31 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
+def _plan(argv: list[str]) -> int:
+    from llm_jax.monitor.hardware import KINDS
+
+    parser = _config_parser("plan")
+    parser.add_argument("--devices", type=int, default=None, help="target device count (default: the topology "
+                        "preset's `devices`)")
+    parser.add_argument("--processes", type=int, default=None, help="target processes, one per host or GPU node "
+                        "(default: the preset's)")
+    parser.add_argument("--slices", type=int, default=None, help="TPU slices that mesh.dcn_* axes span "
+                        "(default: the preset's)")
+    parser.add_argument("--device-kind", choices=KINDS, default=None,
+                        help="the accelerator (default: from the topology preset's name)")
+    parser.add_argument("--hbm-gib", type=float, default=None, help="device memory in GiB (default: the kind's)")
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    # No init_runtime(): the plan runs on this machine's CPU, with as many fake devices as the target has.
+    cfg = load_config(args.config, [a[len("--config."):] for a in argv if a.startswith("--config.")])
+    from llm_jax.train.plan import run
+
+    run(cfg, args.config.partition(":")[0], args.devices, args.processes, args.slices, args.device_kind,
+        args.hbm_gib)
+    return 0
+
+
 HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export,
-            "eval": _eval, "sample": _sample}
+            "eval": _eval, "sample": _sample, "plan": _plan}
 
 
 def _usage() -> str:
