@@ -48,12 +48,12 @@ PRESETS = {
               "runtime.xla_flags": GPU_XLA_FLAGS, "devices": 1, "processes": 1},
     # One node of 8 H100s over NVLink: FSDP over the node (ZeRO-3: parameters, gradients and optimizer state split
     # 8 ways), weight matmuls kept and the rest recomputed.
-    "h100_8": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 8, "model.remat": "dots",
+    "h100_8": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 4, "model.remat": "dots",
                "runtime.xla_flags": GPU_XLA_FLAGS, "devices": 8, "processes": 1},
     # N nodes of 8 GPUs (one process per node, e.g. launch/slurm.sbatch): FSDP inside each node, data parallel
     # across nodes. `devices`/`processes` describe a 4-node example; the mesh fits any node count.
     "gpu_cluster": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "mesh.dcn_data": -1,
-                    "train.per_device_batch": 8, "model.remat": "dots", "runtime.xla_flags": GPU_XLA_FLAGS,
+                    "train.per_device_batch": 4, "model.remat": "dots", "runtime.xla_flags": GPU_XLA_FLAGS,
                     "devices": 32, "processes": 4},
     # TPU v4-8: 4 chips (JAX devices) on one host.
     "tpu_v4_8": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 16,
@@ -63,7 +63,7 @@ PRESETS = {
                     "model.remat": "full", "runtime.libtpu_init_args": TPU_LIBTPU_ARGS,
                     "devices": 256, "processes": 64},
     # TPU v5p-128: 64 chips of 95 GiB on 16 hosts (the name counts TensorCores, 2 per chip).
-    "tpu_v5p_128": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 8,
+    "tpu_v5p_128": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 4,
                     "model.remat": "dots", "runtime.libtpu_init_args": TPU_LIBTPU_ARGS,
                     "devices": 64, "processes": 16},
     # TPU v6e-256 (Trillium): 256 chips of 32 GiB on 64 hosts.
@@ -72,7 +72,7 @@ PRESETS = {
                     "devices": 256, "processes": 64},
     # Two v5p-128 slices over DCN: FSDP inside each slice, data parallel across them (multislice).
     "tpu_v5p_128x2": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "mesh.dcn_data": 2,
-                      "train.per_device_batch": 8, "model.remat": "dots",
+                      "train.per_device_batch": 4, "model.remat": "dots",
                       "runtime.libtpu_init_args": MULTISLICE_LIBTPU_ARGS, "devices": 128, "processes": 32,
                       "slices": 2},
 }

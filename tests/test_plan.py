@@ -9,7 +9,8 @@ import pytest
 
 from llm_jax.config.load import apply_flag_overrides
 from llm_jax.monitor.hardware import GIB, HARDWARE
-from llm_jax.train.plan import Target, abstract_step, group_axes, plan, replica_groups, report
+from llm_jax.monitor.hlo import group_axes, replica_groups
+from llm_jax.train.plan import Target, abstract_step, plan, report
 from tests.conftest import TRAIN_CONFIG, small_config
 from tests.test_cli import llm_jax
 

@@ -35,13 +35,15 @@ def _preset(presets: dict, kind: str, name: str) -> dict:
 def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.Path) -> ml_collections.ConfigDict:
     chosen = parse_preset_arg(arg)
     cfg = base_config()
+    # The topology first, then the model: a model preset's own choices (e.g. the 8B model's full remat) win over
+    # the hardware's defaults; command-line overrides win over both.
+    topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
+    topology = {k: v for k, v in topology.items() if k not in TARGET_KEYS}
+    apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
     model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])
     # Plain names are model keys; dotted ones (e.g. "train.seq_len") are a preset's recommended run settings.
     model = {k if "." in k else f"model.{k}": v for k, v in model.items()}
     apply_overrides(cfg, model, f"model preset '{chosen['model']}'")
-    topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
-    topology = {k: v for k, v in topology.items() if k not in TARGET_KEYS}
-    apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
     cfg.model_preset = chosen["model"]
     cfg.topology_preset = chosen["topology"]
     return cfg
