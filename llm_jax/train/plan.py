@@ -31,10 +31,8 @@ from llm_jax.monitor.flops import flops_per_token
 from llm_jax.monitor.hardware import GIB, Hardware, hardware, kind_for_preset
 from llm_jax.monitor.hlo import Collective, StepCost, step_cost
 from llm_jax.parallel.sharding import batch_sharding, replicated
-from llm_jax.train.guard import GuardOptions
-from llm_jax.train.optimizer import make_optimizer
-from llm_jax.train.setup import prepare
-from llm_jax.train.state import StepOptions, TrainState, create_train_state
+from llm_jax.train.setup import optimizer_and_options, prepare
+from llm_jax.train.state import TrainState, create_train_state
 from llm_jax.train.step import train_step
 
 
@@ -170,9 +168,7 @@ def abstract_step(cfg: ml_collections.ConfigDict, target: Target, devices: list)
     cfg, ici, dcn = _plain_mesh_config(cfg, target)
     cfg, mesh, model, _, params_sh = prepare(cfg, devices, check_data=False)
     t = cfg.train
-    tx, schedule = make_optimizer(cfg.optimizer, t.steps)  # as build_run() makes them
-    guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
-    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
+    tx, options = optimizer_and_options(cfg)  # as build_run() makes them
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     shardings = {}
 

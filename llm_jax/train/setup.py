@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.checkpoint.params import CheckpointError, check_source
@@ -76,13 +77,19 @@ class Run:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
 
 
+def optimizer_and_options(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepOptions]:
+    """The optimizer and the train step's static options, as `train.*` and `optimizer.*` say."""
+    t = cfg.train
+    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
+    guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
+    return tx, StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
+
+
 def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
     cfg, mesh, model, tokenizer, params_sh = prepare(cfg, devices)
     t = cfg.train
     data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
-    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
-    guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
-    options = StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
+    tx, options = optimizer_and_options(cfg)
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
     batch_sh = batch_sharding(mesh, rules)
