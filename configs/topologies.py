@@ -4,9 +4,10 @@ device, dtypes, rematerialisation and the compiler flags for one kind of hardwar
 Mesh axes: `mesh.data/fsdp/tensor` are sizes inside one TPU slice or GPU node (ICI / NVLink; `-1` = all its
 devices the other axes leave), `mesh.dcn_data/dcn_fsdp/dcn_tensor` across slices or nodes (DCN / InfiniBand;
 `-1` = all the slices or nodes the others leave). Only data parallelism (or FSDP's gradient reduce-scatter, which
-overlaps with compute) should cross the slower network. Any key can still be overridden on the command line.
-`devices`, `processes` (and `slices`) say what the preset is for (`llm-jax plan` and the tests use them); they
-are not config keys.
+overlaps with compute) should cross the slower network. Multi-host presets end a process whose steps stop
+finishing for 30 minutes (`runtime.step_timeout_s`: a stuck peer would otherwise hang the job). Any key can still
+be overridden on the command line. `devices`, `processes` (and `slices`) say what the preset is for (`llm-jax plan`
+and the tests use them); they are not config keys.
 """
 
 # XLA flags for NVIDIA GPUs: overlap collectives with compute (latency-hiding scheduler, pipelined collectives,
@@ -54,6 +55,7 @@ PRESETS = {
     # across nodes. `devices`/`processes` describe a 4-node example; the mesh fits any node count.
     "gpu_cluster": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "mesh.dcn_data": -1,
                     "train.per_device_batch": 4, "model.remat": "dots", "runtime.xla_flags": GPU_XLA_FLAGS,
+                    "runtime.step_timeout_s": 1800.0,
                     "devices": 32, "processes": 4},
     # TPU v4-8: 4 chips (JAX devices) on one host.
     "tpu_v4_8": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 16,
@@ -61,18 +63,22 @@ PRESETS = {
     # TPU v5e-256: 256 chips of 16 GiB on 64 hosts: FSDP over the slice, full remat (small HBM per chip).
     "tpu_v5e_256": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 4,
                     "model.remat": "full", "runtime.libtpu_init_args": TPU_LIBTPU_ARGS,
+                    "runtime.step_timeout_s": 1800.0,
                     "devices": 256, "processes": 64},
     # TPU v5p-128: 64 chips of 95 GiB on 16 hosts (the name counts TensorCores, 2 per chip).
     "tpu_v5p_128": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 4,
                     "model.remat": "dots", "runtime.libtpu_init_args": TPU_LIBTPU_ARGS,
+                    "runtime.step_timeout_s": 1800.0,
                     "devices": 64, "processes": 16},
     # TPU v6e-256 (Trillium): 256 chips of 32 GiB on 64 hosts.
     "tpu_v6e_256": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "train.per_device_batch": 4,
                     "model.remat": "dots", "runtime.libtpu_init_args": TPU_LIBTPU_ARGS,
+                    "runtime.step_timeout_s": 1800.0,
                     "devices": 256, "processes": 64},
     # Two v5p-128 slices over DCN: FSDP inside each slice, data parallel across them (multislice).
     "tpu_v5p_128x2": {**ACCELERATOR, "mesh.data": 1, "mesh.fsdp": -1, "mesh.dcn_data": 2,
                       "train.per_device_batch": 4, "model.remat": "dots",
-                      "runtime.libtpu_init_args": MULTISLICE_LIBTPU_ARGS, "devices": 128, "processes": 32,
+                      "runtime.libtpu_init_args": MULTISLICE_LIBTPU_ARGS, "runtime.step_timeout_s": 1800.0,
+                    "devices": 128, "processes": 32,
                       "slices": 2},
 }

@@ -71,24 +71,32 @@ def test_two_processes_of_four_devices_train_checkpoint_and_resume_like_one_of_e
     assert [got[s] for s in range(1, 7)] == pytest.approx(one.train_losses, rel=1e-6, abs=0)
 
 
-def test_a_dead_peer_ends_the_job_within_the_heartbeat_timeout(tmp_path):
+@pytest.mark.parametrize("how, flags, says", [
+    # A dead peer stops sending heartbeats: jax.distributed ends the others.
+    ("SIGKILL", ["--config.runtime.heartbeat_timeout_s=5"], ("stopped sending heartbeats", "another task died")),
+    # A hung peer (stopped here; alive but stuck is the same to the others): the step watchdog ends the process
+    # long before the 100 s heartbeat timeout would.
+    ("SIGSTOP", ["--config.runtime.step_timeout_s=6"], ("no progress for 6 s after step",)),
+])
+def test_a_dead_or_hung_peer_ends_the_job_within_a_bounded_time(tmp_path, how, flags, says):
     job = tmp_path / "job"
     # The mesh's data axis spans the two processes over "DCN" (JAX's hybrid layout, a process per node).
-    procs = _start_job(job, 100_000, "--config.runtime.heartbeat_timeout_s=5", "--config.mesh.data=4",
-                       "--config.mesh.dcn_data=2")
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((job / "metrics.jsonl").exists() and len(_losses(job)) >= 2):
-        assert procs[0].poll() is None, procs[0].communicate()[0][-2000:]
-        time.sleep(0.2)
-    assert len(_losses(job)) >= 2, "the job did not start training"
-    procs[1].send_signal(signal.SIGKILL)
-    killed = time.time()
+    procs = _start_job(job, 100_000, *flags, "--config.mesh.data=4", "--config.mesh.dcn_data=2")
     try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((job / "metrics.jsonl").exists() and len(_losses(job)) >= 2):
+            assert procs[0].poll() is None, procs[0].communicate()[0][-2000:]
+            time.sleep(0.2)
+        assert len(_losses(job)) >= 2, "the job did not start training"
+        procs[1].send_signal(getattr(signal, how))
+        hit = time.time()
         out = procs[0].communicate(timeout=60)[0]
+        assert time.time() - hit < 60 and procs[0].returncode != 0
+        assert any(s in out for s in says), out[-2000:]
     finally:
-        procs[0].kill()
-    assert time.time() - killed < 60 and procs[0].returncode != 0
-    assert "stopped sending heartbeats" in out or "another task died" in out, out[-2000:]
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 @pytest.mark.parametrize("env, expected", [

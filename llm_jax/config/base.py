@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.num_processes = 0  # 0: detect
     c.runtime.process_id = -1  # -1: detect
     c.runtime.init_timeout_s = 300  # how long to wait for every process to join
-    c.runtime.heartbeat_timeout_s = 100  # a peer silent this long (dead or hung) ends the job with an error
+    c.runtime.heartbeat_timeout_s = 100  # a peer silent this long (dead or stopped) ends the job with an error
+    c.runtime.step_timeout_s = 0.0  # >0: no step finishing for this long (a stuck peer or input) ends the process
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 800

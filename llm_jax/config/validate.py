@@ -36,7 +36,7 @@ POSITIVE = (
 NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.every_minutes",
                 "checkpoint.keep_every", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
                 "sample.every_steps", "monitor.peak_tflops", "profile.steps", "train.per_device_batch",
-                "runtime.num_processes")
+                "runtime.num_processes", "runtime.step_timeout_s")
 
 
 def _get(cfg: ml_collections.ConfigDict, key: str):

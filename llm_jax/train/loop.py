@@ -26,6 +26,7 @@ from llm_jax.train.preemption import StopRequest, agree_any
 from llm_jax.train.sample import generate
 from llm_jax.train.setup import Run, build_run
 from llm_jax.train.steplog import DivergedError, StepLog
+from llm_jax.train.watchdog import Watchdog
 
 __all__ = ["DivergedError", "Result", "train"]
 
@@ -81,7 +82,7 @@ def init_from(run: Run, path: str) -> int | None:
 
 
 def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest,
-           profiler: Profiler) -> int:
+           profiler: Profiler, watchdog: Watchdog) -> int:
     """Run the steps from `start` on, evaluating, sampling and saving as configured; return the last step done (less
     than train.steps when a stop was requested: then a checkpoint of that step has been written)."""
     t, state, pending = run.cfg.train, run.state, None
@@ -97,6 +98,7 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
                           "(TensorBoard's profile tab)")
         if pending is not None:
             log(*pending)
+            watchdog.beat(f"step {step}")
         pending = (step, metrics)
         evaluate_now = t.eval_every and done % t.eval_every == 0 and done < t.steps
         sample_now = run.cfg.sample.every_steps and done % run.cfg.sample.every_steps == 0 and done < t.steps
@@ -117,6 +119,7 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
             if sample_now:
                 writers.text(done, "samples", _sample(run))
             log.exclude(time.perf_counter() - paused)
+            watchdog.beat(f"step {done}")
     if pending is not None:
         log(*pending)
     run.state = state
@@ -175,9 +178,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                   flops_per_token(cfg.model, t.seq_len), peak)
     stop = StopRequest()
     profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)
+    watchdog = Watchdog(cfg.runtime.step_timeout_s)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-            last = _steps(run, ckpt, writers, log, start, stop, profiler)
+            last = _steps(run, ckpt, writers, log, start, stop, profiler, watchdog)
             profiler.stop(run.state)
             if last < t.steps:
                 ckpt.wait()
@@ -190,6 +194,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
             final = evaluation(run, writers, t.steps)
             sample = _sample(run)
     finally:
+        watchdog.close()
         stop.restore()
         data.train.close()
         ckpt.wait()
