@@ -27,12 +27,19 @@ def _config_parser(command: str, description: str = "") -> argparse.ArgumentPars
     return parser
 
 
+def _split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command's own flags, the `a.b=value` overrides given as `--config.a.b=value`)."""
+    return ([a for a in argv if not a.startswith("--config.")],
+            [a[len("--config."):] for a in argv if a.startswith("--config.")])
+
+
 def _parse_with_config(parser: argparse.ArgumentParser, argv: list[str]):
     """Parse the flags, load the config with its `--config.a.b=v` overrides, and set up the JAX runtime."""
     from llm_jax.parallel.runtime import init_runtime
 
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    cfg = load_config(args.config, [a[len("--config."):] for a in argv if a.startswith("--config.")])
+    flags, overrides = _split_config_flags(argv)
+    args = parser.parse_args(flags)
+    cfg = load_config(args.config, overrides)
     init_runtime(cfg)
     return args, cfg
 
@@ -117,8 +124,7 @@ def _load_trained(args, argv: list[str], check_data: bool):
     from llm_jax.train.inference import load_trained
 
     try:
-        trained = load_trained(args.workdir, args.step, [a[len("--config."):] for a in argv
-                                                         if a.startswith("--config.")], check_data)
+        trained = load_trained(args.workdir, args.step, _split_config_flags(argv)[1], check_data)
     except CheckpointError as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
         return None
@@ -129,7 +135,7 @@ def _load_trained(args, argv: list[str], check_data: bool):
 
 def _eval(argv: list[str]) -> int:
     parser = _trained_parser("eval")
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args = parser.parse_args(_split_config_flags(argv)[0])
     trained = _load_trained(args, argv, check_data=True)
     if trained is None:
         return 2
@@ -153,7 +159,7 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus: keep the tokens that make up top_p")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of each prompt")
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args = parser.parse_args(_split_config_flags(argv)[0])
     for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k),
                         ("--temperature", args.temperature), ("--num-samples", args.num_samples - 1)):
         if value is not None and value < 0:
@@ -265,9 +271,10 @@ def _plan(argv: list[str]) -> int:
     parser.add_argument("--device-kind", choices=KINDS, default=None,
                         help="the accelerator (default: from the topology preset's name)")
     parser.add_argument("--hbm-gib", type=float, default=None, help="device memory in GiB (default: the kind's)")
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    flags, overrides = _split_config_flags(argv)
+    args = parser.parse_args(flags)
     # No init_runtime(): the plan runs on this machine's CPU, with as many fake devices as the target has.
-    cfg = load_config(args.config, [a[len("--config."):] for a in argv if a.startswith("--config.")])
+    cfg = load_config(args.config, overrides)
     from llm_jax.train.plan import run
 
     run(cfg, args.config.partition(":")[0], args.devices, args.processes, args.slices, args.device_kind,

@@ -13,7 +13,7 @@ import pytest
 
 from llm_jax.config import ConfigError, base_config, load_config, validate
 from llm_jax.config.load import load_module, set_key
-from llm_jax.config.validate import finalize
+from llm_jax.config.validate import finalize, uses_dcn
 from llm_jax.data.tokenizer import ByteTokenizer
 from llm_jax.models import build_model
 from llm_jax.train.state import abstract_params
@@ -285,8 +285,7 @@ def test_every_topology_preset_fits_the_hardware_it_names(topology):
     """Each preset, with the 8B model, validates on its target's device and process count; the mesh is ICI x DCN."""
     target = _topologies()[topology]
     cfg = finalize(load_config(f"{TRAIN_CONFIG}:model=llama3_8b,topology={topology}"), 128256)
-    uses_dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in ("data", "fsdp", "tensor"))
-    granules = target.get("slices", target["processes"]) if uses_dcn else 1  # TPU slices, GPU nodes
+    granules = target.get("slices", target["processes"]) if uses_dcn(cfg.mesh) else 1  # TPU slices, GPU nodes
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * target["devices"]
     shape = validate(cfg, target["devices"], target["processes"], granules)

@@ -115,11 +115,12 @@ def apply_flag_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str
         set_key(cfg, key, value, f"--config.{key}")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> one level with dotted keys ('model.d_model')."""
     out = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + k + "."))
+            out.update(flatten(v, prefix + k + "."))
         else:
             out[prefix + k] = v
     return out
@@ -132,7 +133,7 @@ def config_from_saved(saved: Mapping[str, Any], overrides: Iterable[str] = (),
     from llm_jax.config.base import base_config
 
     cfg, dropped = base_config(), []
-    for key, value in _flatten(saved).items():
+    for key, value in flatten(saved).items():
         try:
             set_key(cfg, key, value, source)
         except ConfigError:

@@ -69,6 +69,11 @@ def _resolve_axes(sizes: list[int], keys: list[str], total: int, what: str) -> t
     return tuple(sizes)
 
 
+def uses_dcn(mesh: ml_collections.ConfigDict) -> bool:
+    """Whether any mesh axis crosses slices / nodes (a `mesh.dcn_*` size other than 1)."""
+    return any(mesh[f"dcn_{a}"] != 1 for a in MESH_AXES)
+
+
 def resolve_mesh(mesh: ml_collections.ConfigDict, num_devices: int,
                  num_granules: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The (data, fsdp, tensor) sizes inside a slice/node (ICI) and across the `num_granules` slices/nodes (DCN),
@@ -152,8 +157,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
     _check_rules(cfg.sharding.rules)
     if num_granules is None:
-        uses_dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in MESH_AXES)
-        num_granules = process_count if uses_dcn else 1
+        num_granules = process_count if uses_dcn(cfg.mesh) else 1
     mesh_shape = resolve_mesh_shape(cfg.mesh, num_devices, num_granules)
     m, t = cfg.model, cfg.train
 

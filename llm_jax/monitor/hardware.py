@@ -63,7 +63,7 @@ def kind_for_preset(topology: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def host_memory_bytes() -> int:
+def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -72,7 +72,7 @@ def cpu_hardware(num_devices: int, dtype: str = "float32") -> Hardware:
     matmul peak timed now. The bandwidths are rough placeholders (one DDR channel's worth); CPU plans are
     rehearsals, not forecasts."""
     peak = measure_matmul_peak(dtype, n=1024, repeats=3) / num_devices
-    return Hardware("this CPU", "cpu", host_memory_bytes() / GIB / num_devices, 20, 20, 20, measured_peak=peak)
+    return Hardware("this CPU", "cpu", physical_memory_bytes() / GIB / num_devices, 20, 20, 20, measured_peak=peak)
 
 
 def hardware(kind: str, num_devices: int = 1, dtype: str = "float32") -> Hardware:

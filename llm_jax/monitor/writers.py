@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from llm_jax.config.load import flatten
 from llm_jax.monitor.console import Console
 
 RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard", "train.log", "run.json")
@@ -42,17 +43,10 @@ def drop_records_after(path: pathlib.Path, step: int) -> None:
         path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
 
 
-def flat_hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+def flat_hparams(config: dict) -> dict[str, bool | int | float | str]:
     """A config as TensorBoard hparams: dotted keys, scalar values (lists and tuples as text)."""
-    out: dict[str, bool | int | float | str] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(flat_hparams(v, prefix + k + "."))
-        elif isinstance(v, bool | int | float | str):
-            out[prefix + k] = v
-        elif v is not None:
-            out[prefix + k] = json.dumps(v)
-    return out
+    return {k: v if isinstance(v, bool | int | float | str) else json.dumps(v)
+            for k, v in flatten(config).items() if v is not None}
 
 
 class Writers:

@@ -11,7 +11,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from llm_jax.config.load import ConfigError
-from llm_jax.config.validate import MESH_AXES, resolve_mesh
+from llm_jax.config.validate import MESH_AXES, resolve_mesh, uses_dcn
 
 
 def _slices_are_granules(devices: list) -> bool:
@@ -47,10 +47,14 @@ def make_mesh(shape: tuple[int, ...], devices: list | None = None,
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
-def mesh_for(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
-    """The mesh that a validated config asks for, on `devices` (default: all)."""
+def mesh_granules(mesh: ml_collections.ConfigDict, devices: list) -> int:
+    """What the config's DCN axes span on `devices` (1 when no axis crosses slices / nodes)."""
+    return granules(devices) if uses_dcn(mesh) else 1
+
+
+def mesh_for(cfg: ml_collections.ConfigDict, devices: list | None, num_granules: int) -> Mesh:
+    """The mesh that a validated config asks for, on `devices` (None: all) spanning `num_granules`."""
     devices = list(devices if devices is not None else jax.devices())
-    ici, dcn = resolve_mesh(cfg.mesh, len(devices), granules(devices) if any(
-        cfg.mesh[f"dcn_{a}"] != 1 for a in MESH_AXES) else 1)
+    ici, dcn = resolve_mesh(cfg.mesh, len(devices), num_granules)
     shape = tuple(i * d for i, d in zip(ici, dcn, strict=True))
     return make_mesh(shape, devices if devices != jax.devices() else None, dcn)

@@ -25,7 +25,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from llm_jax.config.load import ConfigError, load_module
-from llm_jax.config.validate import MESH_AXES, finalize, resolve_mesh, shards_of, validate
+from llm_jax.config.validate import MESH_AXES, finalize, resolve_mesh, shards_of, uses_dcn, validate
 from llm_jax.data.tokenizer import make_tokenizer
 from llm_jax.monitor.flops import flops_per_token
 from llm_jax.monitor.hardware import GIB, Hardware, hardware, kind_for_preset
@@ -46,8 +46,7 @@ class Target:
 
     def granules(self, cfg: ml_collections.ConfigDict) -> int:
         """What the config's DCN axes span (as validate() counts them): slices, else processes; 1 without DCN."""
-        uses_dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in MESH_AXES)
-        return (self.slices or self.processes) if uses_dcn else 1
+        return (self.slices or self.processes) if uses_dcn(cfg.mesh) else 1
 
 
 def target_for(cfg: ml_collections.ConfigDict, topologies_file: pathlib.Path, devices: int | None = None,
@@ -79,8 +78,6 @@ def use_fake_devices(n: int) -> list:
                           "--xla_force_host_platform_device_count in XLA_FLAGS)")
     return cpus[:n]
 
-
-# ---- the compiled program's HLO text: computations, how often each runs, matmul FLOPs, bytes, collectives ----
 
 # ---- the plan: compile the real step for the target, then read memory, FLOPs and collectives off it ----
 

@@ -15,11 +15,11 @@ from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.checkpoint.params import CheckpointError, check_source
 from llm_jax.config.load import ConfigError
-from llm_jax.config.validate import MESH_AXES, finalize, validate
+from llm_jax.config.validate import finalize, validate
 from llm_jax.data.pipeline import Data, check_sources, make_data
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.models import build_model
-from llm_jax.parallel.mesh import granules, mesh_for
+from llm_jax.parallel.mesh import mesh_for, mesh_granules
 from llm_jax.parallel.sharding import batch_sharding, replicated
 from llm_jax.train.evaluate import Evaluator, make_evaluator
 from llm_jax.train.guard import GuardOptions
@@ -45,9 +45,9 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_d
     all_devices = list(devices) if devices is not None else jax.devices()
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * len(all_devices)
-    dcn = any(cfg.mesh[f"dcn_{a}"] != 1 for a in MESH_AXES)
-    validate(cfg, len(all_devices), jax.process_count(), granules(all_devices) if dcn else 1)
-    mesh = mesh_for(cfg, devices)
+    num_granules = mesh_granules(cfg.mesh, all_devices)
+    validate(cfg, len(all_devices), jax.process_count(), num_granules)
+    mesh = mesh_for(cfg, devices, num_granules)
     if check_data:
         check_sources(cfg.data)
     if cfg.checkpoint.init_from:

@@ -11,10 +11,9 @@ import jax
 import ml_collections
 
 from llm_jax.monitor.console import format_duration
+from llm_jax.monitor.hardware import GIB
 from llm_jax.monitor.system import device_memory_bytes, host_memory_bytes
 from llm_jax.monitor.writers import Writers
-
-GIB = 2**30
 
 
 class DivergedError(RuntimeError):
