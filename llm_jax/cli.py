@@ -15,6 +15,8 @@ COMMANDS = {
     "sample": "continue prompts with a trained model: llm-jax sample --workdir=runs/x --prompt='ROMEO:'",
     "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
+    "sweep": "run an ablation experiment's variants and seeds, then compare them: llm-jax sweep run "
+             "experiments/norm.py; llm-jax sweep report experiments/norm.py",
     "plan": "will a job fit? compile its train step for the target on CPU, print memory, FLOPs and collectives "
             "per device: llm-jax plan --config=configs/train.py:model=llama3_8b,topology=h100_8",
 }
@@ -282,8 +284,51 @@ def _plan(argv: list[str]) -> int:
     return 0
 
 
+def _sweep(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llm-jax sweep", description=COMMANDS["sweep"],
+                                     epilog="`run` also takes --config.a.b=VALUE overrides for every run.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="train every (variant, seed) not finished yet; resume the interrupted ones")
+    report = sub.add_parser("report", help="write report.md (a table) and PNG plots into the experiment directory")
+    for p in (run, report):
+        p.add_argument("experiment", help="an experiment file, e.g. experiments/norm.py")
+        p.add_argument("--root", default="runs", help="runs go to ROOT/<experiment>/<variant>/seed_<n>")
+    run.add_argument("--only", action="append", default=[],
+                     help="only these variants (repeat, or separate with commas)")
+    run.add_argument("--launcher", choices=("local", "slurm", "print"), default="local",
+                     help="local: one run after another here (launch/local.sh); slurm: one job per run "
+                          "(launch/slurm.sbatch); print: print each run's llm-jax train command")
+    run.add_argument("--resubmit", action="store_true",
+                     help="submit runs again even if SLURM may still have their jobs")
+    flags, overrides = _split_config_flags(argv)
+    args = parser.parse_args(flags)
+    if args.action == "report" and overrides:
+        parser.error("report takes no --config.* overrides: it reads what the runs wrote")
+
+    from llm_jax.sweep import ExperimentError, load_experiment
+
+    try:
+        sweep = load_experiment(args.experiment, args.root, overrides)
+        if args.action == "report":
+            from llm_jax.sweep.report import write_report
+
+            path, plots, table = write_report(sweep)
+            print(f"{table}\n\nwrote {path} and {', '.join(map(str, plots))}")
+            return 0
+        from llm_jax.sweep.experiment import select
+        from llm_jax.sweep.runner import run_sweep
+
+        # A grid variant's own name has commas ("lr=0.001,b2=0.99"); other values are comma-separated lists.
+        only = [v for item in args.only for v in ([item] if item in sweep.variants else item.split(",")) if v]
+        return run_sweep(sweep, select(sweep, only), args.launcher, args.resubmit)
+    except ExperimentError as e:
+        print(f"experiment error: {e}", file=sys.stderr)
+        return 2
+
+
 HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export,
-            "eval": _eval, "sample": _sample, "plan": _plan}
+            "eval": _eval, "sample": _sample, "plan": _plan,
+            "sweep": _sweep}
 
 
 def _usage() -> str:
