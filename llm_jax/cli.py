@@ -69,6 +69,9 @@ def _bench(argv: list[str]) -> int:
     parser = _config_parser("bench")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace 3 steps and print their time by kind of op (matmuls, transposes/copies, "
+                             "elementwise, collectives) and the slowest ops")
     parser.add_argument("--checkpoint", action="store_true",
                         help="time checkpoint save/restore instead of the train step (--steps steps per phase)")
     parser.add_argument("--dir", default=None,
@@ -83,7 +86,7 @@ def _bench(argv: list[str]) -> int:
         return 0
     from llm_jax.train.bench import bench
 
-    bench(cfg, steps=args.steps, warmup=args.warmup)
+    bench(cfg, steps=args.steps, warmup=args.warmup, profile=args.profile)
     return 0
 
 

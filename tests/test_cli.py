@@ -59,8 +59,14 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
 
 def test_bench_prints_figures_and_a_json_last_line():
     out = llm_jax("bench", f"--config={TRAIN_CONFIG}:model=nano,topology=cpu", "--steps=2", "--warmup=1",
-                  "--config.train.seq_len=32", "--config.train.global_batch=4")
+                  "--config.train.seq_len=32", "--config.train.global_batch=4", "--profile")
     assert out.returncode == 0, out.stderr[-3000:]
+    # --profile: the traced steps' op time by kind; the matmuls are found, and the shares add up.
+    shares = dict(re.findall(r"^  (matmul|transpose/copy|collective|elementwise/other) +[\d.]+ ms +([\d.]+)%$",
+                             out.stdout, re.M))
+    assert set(shares) == {"matmul", "transpose/copy", "collective", "elementwise/other"}, out.stdout
+    assert float(shares["matmul"]) > 5 and float(shares["collective"]) == 0  # one device: no collectives
+    assert abs(sum(map(float, shares.values())) - 100) < 0.5 and "slowest ops: " in out.stdout
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) == {"tokens_per_s", "step_time_s", "compile_s", "flops_per_token", "mfu", "peak_gflops"}
     assert 0 < result["mfu"] <= 1 and result["tokens_per_s"] > 0 and result["peak_gflops"] > 0

@@ -7,6 +7,7 @@ accelerators it comes from the table in monitor/flops.py, or `monitor.peak_tflop
 
 import json
 import statistics
+import tempfile
 import time
 
 import flax.linen as nn
@@ -18,7 +19,32 @@ from llm_jax.parallel.sharding import to_global
 from llm_jax.train.setup import build_run
 
 
-def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print_fn=print) -> dict:
+def _profile(compiled, state, batches, print_fn) -> dict[str, float]:
+    """Trace a few more steps and print where their time went, by kind of op (monitor/breakdown.py)."""
+    from llm_jax.monitor import breakdown as bd
+
+    text = compiled.as_text()
+    module = text.split(None, 2)[1].rstrip(",")  # "HloModule jit_train_step, ..."
+    with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir)
+        for batch in batches:
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        jax.profiler.stop_trace()
+        op_seconds = bd.op_times(bd.latest_trace(logdir), module)
+    categories = bd.classify_ops(text)
+    per_step = {k: v / len(batches) for k, v in bd.breakdown(op_seconds, categories).items()}
+    total = sum(per_step.values()) or float("nan")
+    print_fn(f"profile of {len(batches)} steps: op time per step {total * 1e3:.1f} ms (summed over threads)")
+    for name, seconds in per_step.items():
+        print_fn(f"  {name:<18} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
+    print_fn("  slowest ops: " + ", ".join(f"{op} ({cat}) {s / len(batches) * 1e3:.1f} ms"
+                                          for op, cat, s in bd.top_ops(op_seconds, categories, 6)))
+    return {f"profile_{k.replace('/', '_')}_s": v for k, v in per_step.items()}
+
+
+def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print_fn=print,
+          profile: bool = False) -> dict:
     run = build_run(cfg)
     t = run.cfg.train
     tokens_per_step = t.global_batch * t.seq_len
@@ -38,6 +64,7 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
             jax.block_until_ready((state, metrics))
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+        profiled = _profile(compiled, state, batches[warmup:][:3], print_fn) if profile else {}
 
     # Measured after the steps so that both see the same machine state.
     peak, peak_source = peak_flops(run.mesh.devices.flat, run.cfg.model.dtype, run.cfg.monitor.peak_tflops, 2048)
@@ -54,6 +81,7 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
         "peak_gflops": peak / 1e9,
         "mfu": achieved / peak if peak else float("nan"),
         "loss": float(metrics["loss"]),
+        **profiled,
     }
     print_fn(f"compile {compile_s:.1f}s | step {step_s * 1e3:.1f} ms ± {result['step_time_std_s'] * 1e3:.1f} "
              f"(over {steps} steps after {warmup} warm-up) | {result['tokens_per_s']:,.0f} tokens/s")
