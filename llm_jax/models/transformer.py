@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, constrain, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, constrain, dense, weight
 
 Array = jax.Array
 
@@ -91,10 +91,10 @@ class Transformer(nn.Module):
 
         x_BLD = Norm(c, name="final_norm")(x_BLD)
         if c.tie_embeddings:
-            logits_BLV = jnp.einsum("BLD,VD->BLV", x_BLD, embed_VD)
+            logits_BLV = dense(x_BLD, embed_VD.T)
         else:
             unembed_DV = weight(self, "unembed", (D, V), ("embed", "vocab"), c)
-            logits_BLV = jnp.einsum("BLD,DV->BLV", x_BLD, unembed_DV)
+            logits_BLV = dense(x_BLD, unembed_DV)
         logits_BLV = constrain(logits_BLV, ("batch", "length", "vocab"))
         if cache is None:
             return logits_BLV
