@@ -6,14 +6,16 @@ meant for. Command-line `--config.a.b=v` overrides win over both.
 
 PRESETS = {
     # The CPU demo: a character-level model that learns Shakespeare's spelling and verse layout in minutes.
+    # Small models unroll their layers: on a CPU the scanned loop's stacking of per-layer values costs ~30% of a
+    # step (docs/performance.md), and four layers compile in seconds either way.
     "tiny": dict(
         num_layers=4, d_model=128, num_heads=4, mlp_dim=384, max_seq_len=256,
-        norm="rmsnorm", positions="rope", mlp="swiglu",
+        norm="rmsnorm", positions="rope", mlp="swiglu", scan_layers=False,
     ),
     # The small throughput workload: nanoGPT's character-level shape.
     "nano": dict(
         num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_seq_len=64,
-        norm="layernorm", positions="learned", mlp="gelu", tie_embeddings=True,
+        norm="layernorm", positions="learned", mlp="gelu", tie_embeddings=True, scan_layers=False,
         **{"train.seq_len": 64, "train.global_batch": 12},
     ),
     # GPT-2 small (124M): learned positions, LayerNorm, GELU, tied embeddings, GPT-2's vocab padded to 50304.

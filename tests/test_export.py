@@ -44,7 +44,7 @@ def test_safetensors_layout_follows_the_format(tmp_path):
 def _config(steps=3, **model):
     cfg = small_config()
     cfg.train.steps, cfg.checkpoint.every_steps = steps, 0
-    for k, v in model.items():
+    for k, v in {"scan_layers": True, **model}.items():  # stacked layers, which the export splits into layers.<i>
         cfg.model[k] = v
     return cfg
 

@@ -26,7 +26,8 @@ def config(*overrides: str):
 @pytest.fixture(scope="module")
 def fsdp8():
     """Scanned layers, FSDP over 8 devices."""
-    return plan(config("mesh.data=1", "mesh.fsdp=-1"), Target(8), HARDWARE["h100"], jax.devices()[:8])
+    return plan(config("mesh.data=1", "mesh.fsdp=-1", "model.scan_layers=true"), Target(8), HARDWARE["h100"],
+                jax.devices()[:8])
 
 
 @pytest.fixture(scope="module")

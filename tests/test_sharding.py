@@ -40,16 +40,19 @@ def test_sharded_training_matches_one_device(mesh_shape, reference_losses, tmp_p
     assert losses[-1] < losses[0], "the loss should fall over 5 steps"
 
 
-def test_params_are_sharded_as_the_rules_say(tiny_config):
+@pytest.mark.parametrize("scan", [True, False])
+def test_params_are_sharded_as_the_rules_say(tiny_config, scan):
+    tiny_config.model.scan_layers = scan
     cfg = finalize(tiny_config, 259)
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
     mesh = make_mesh(validate(cfg, 8))
     boxed = abstract_params(build_model(cfg.model), cfg.train.seq_len)
-    shardings = logical_shardings(boxed, mesh, cfg.sharding.rules)["layers"]
+    shardings = logical_shardings(boxed, mesh, cfg.sharding.rules)["layers" if scan else "layer_1"]
     # Megatron-style: heads and MLP hidden over tensor, the embed (d_model) dim over fsdp, layers whole.
-    assert tuple(shardings["attn"]["wq"].spec) == (None, "fsdp", "tensor", None)
-    assert tuple(shardings["attn"]["wo"].spec) == (None, "tensor", None, "fsdp")
-    assert tuple(shardings["mlp"]["wi_gate"].spec) == (None, "fsdp", "tensor")
+    layers = (None,) if scan else ()
+    assert tuple(shardings["attn"]["wq"].spec) == (*layers, "fsdp", "tensor", None)
+    assert tuple(shardings["attn"]["wo"].spec) == (*layers, "tensor", None, "fsdp")
+    assert tuple(shardings["mlp"]["wi_gate"].spec) == (*layers, "fsdp", "tensor")
 
 
 def test_parameter_without_rule_is_an_error(tiny_config):

@@ -37,8 +37,12 @@ def dense(x: Array, w: Array, n_in: int = 1) -> Array:
     first write a transposed copy of the activation gradient (a quarter to a third of a CPU step).
     """
     lead, inner = x.shape[: x.ndim - n_in], w.shape[n_in:]
-    y = x.reshape(-1, math.prod(w.shape[:n_in])) @ w.reshape(-1, math.prod(inner))
-    return y.reshape(*lead, *inner)
+    x_NI, w_IO = x.reshape(-1, math.prod(w.shape[:n_in])), w.reshape(-1, math.prod(inner))
+    # Accumulate in float32: bf16 x bf16 -> f32 runs as a bf16 matmul on CPUs with AMX or AVX512-BF16, while
+    # XLA:CPU turns a dot with a bf16 output into an f32 one, inputs and all.
+    y_NO = jnp.matmul(x_NI, w_IO, preferred_element_type=jnp.float32).astype(x.dtype)
+    return y_NO.reshape(*lead, *inner)
+
 
 
 class Norm(nn.Module):
@@ -136,12 +140,13 @@ class Attention(nn.Module):
             k_BSGK, v_BSGK, mask_BLS = write_cache(cache, k_BSGK, v_BSGK, positions_BL)
 
         q_BLGRK = q_BLHK.reshape(B, L, G, H // G, K)
-        scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK).astype(jnp.float32) * K**-0.5
+        scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32) * K**-0.5
         mask_B11LS = mask_BLS[:, None, None]
         # A large finite negative (not -inf) keeps fully masked rows (padding) finite instead of NaN.
         scores_BGRLS = jnp.where(mask_B11LS, scores_BGRLS, jnp.finfo(jnp.float32).min)
         probs_BGRLS = jax.nn.softmax(scores_BGRLS, axis=-1).astype(c.dtype)
-        out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
+        out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK,
+                               preferred_element_type=jnp.float32).astype(c.dtype)
         out_BLHK = constrain(out_BLGRK.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
         out_BLD = dense(out_BLHK, wo_HKD, n_in=2)
         return out_BLD if cache is None else (out_BLD, (k_BSGK, v_BSGK))
