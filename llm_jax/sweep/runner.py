@@ -176,6 +176,9 @@ def run_sweep(sweep: Sweep, runs: list[Run], launcher: str = "local", resubmit: 
     counts = {s: sum(v == s for v in states.values()) for s in ("finished", "queued", "partial", "new")}
     say(f"{sweep.name}: {len(runs)} runs in {sweep.directory} | " + ", ".join(f"{n} {s}" for s, n in counts.items()
                                                                                 if n))
+    if counts["queued"]:
+        say(f"{counts['queued']} runs have a SLURM job that is still queued or running (or no squeue here to ask): "
+            "not started again; --resubmit submits them anyway")
     todo = [run for run in runs if states[run.name] in ("partial", "new")]
     if launcher == "print":
         for run in todo:
