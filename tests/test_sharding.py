@@ -79,5 +79,5 @@ def test_indivisible_parameter_names_the_tensor(tiny_config):
     cfg.model.mlp_dim = 130  # not divisible by a 4-way tensor axis
     mesh = make_mesh((1, 2, 4))
     boxed = abstract_params(build_model(cfg.model), cfg.train.seq_len)
-    with pytest.raises(ConfigError, match=r"layers/mlp/wi_gate.*\(2, 64, 130\).*4 ways"):
+    with pytest.raises(ConfigError, match=r"layer_0/mlp/wi_gate.*\(64, 130\).*4 ways"):
         logical_shardings(boxed, mesh, cfg.sharding.rules)
