@@ -196,6 +196,9 @@ def run_sweep(sweep: Sweep, runs: list[Run], launcher: str = "local", resubmit: 
     failed, forward = [], _Forward()
     try:
         for i, run in enumerate(todo):
+            if forward.signal is not None:  # it came between two runs
+                say(f"sweep stopped by signal {forward.signal} before {run.name}; run the same command again to go on")
+                return 0
             verb = "resuming" if states[run.name] == "partial" else "starting"
             say(f"=== [{i + 1}/{len(todo)}] {verb} {sweep.name}/{run.name} in {run.workdir}")
             write_record(run, _record(sweep, run))
