@@ -64,6 +64,14 @@ def _coerce(old: Any, value: Any, key: str, source: str) -> Any:
     )
 
 
+def get_key(cfg: ml_collections.ConfigDict, key: str) -> Any:
+    """The value of a dotted key ('model.d_model')."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, source: str) -> None:
     """Set a dotted key that must already exist, converting the value to the declared type."""
     *parents, leaf = key.split(".")

@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from llm_jax.config.load import ConfigError
+from llm_jax.config.load import ConfigError, get_key
 
 MESH_AXES = ("data", "fsdp", "tensor")
 CHOICES = {
@@ -37,13 +37,6 @@ NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "check
                 "checkpoint.keep_every", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
                 "sample.every_steps", "monitor.peak_tflops", "profile.steps", "train.per_device_batch",
                 "runtime.num_processes", "runtime.step_timeout_s")
-
-
-def _get(cfg: ml_collections.ConfigDict, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def mesh_axes(target) -> tuple[str, ...]:
@@ -134,7 +127,7 @@ def _check_rules(rules) -> None:
 
 
 def _divides(cfg, mesh_shape, key: str, logical: str) -> None:
-    value = _get(cfg, key)
+    value = get_key(cfg, key)
     n, axes = shards_of(cfg, mesh_shape, logical)
     if value % n:
         raise ConfigError(f"{key}={value} is not divisible by {axes}={n} (the mesh axes that shard '{logical}'); "
@@ -147,14 +140,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     `num_granules`: slices (TPU) or processes (GPU, CPU) that DCN axes span; default: 1 unless a DCN axis is
     set, then the process count."""
     for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of: {', '.join(allowed)}")
+        if get_key(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={get_key(cfg, key)!r} is not one of: {', '.join(allowed)}")
     for key in POSITIVE:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"{key}={get_key(cfg, key)} must be positive")
     for key in NON_NEGATIVE:
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"{key}={get_key(cfg, key)} must be >= 0")
     _check_rules(cfg.sharding.rules)
     if num_granules is None:
         num_granules = process_count if uses_dcn(cfg.mesh) else 1

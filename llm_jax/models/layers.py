@@ -44,7 +44,6 @@ def dense(x: Array, w: Array, n_in: int = 1) -> Array:
     return y_NO.reshape(*lead, *inner)
 
 
-
 class Norm(nn.Module):
     """RMSNorm or LayerNorm over the last axis, computed in float32 for stability."""
 

@@ -2,9 +2,8 @@
 
 Each XLA op event in the trace (`args.hlo_op`) is classified from the compiled program's HLO: matmuls (a dot or
 convolution, alone or fused with elementwise work), transposes and copies (layout changes, alone or as the output
-of a fusion),
-collectives, and the rest (elementwise, reductions, gathers). Control-flow ops (while, call, conditional) are left
-out: the ops inside them are events of their own.
+of a fusion), collectives, and the rest (elementwise, reductions, gathers). Control-flow ops (while, call,
+conditional) are left out: the ops inside them are events of their own.
 """
 
 import collections

@@ -12,7 +12,7 @@ import pathlib
 import statistics
 
 from llm_jax.monitor.events import read_run
-from llm_jax.sweep.experiment import Run, Sweep
+from llm_jax.sweep.experiment import ExperimentError, Run, Sweep
 
 
 @dataclasses.dataclass
@@ -131,8 +131,6 @@ def write_report(sweep: Sweep) -> tuple[pathlib.Path, list[pathlib.Path], str]:
     """Write report.md and the plots into the experiment directory; return their paths and the table."""
     results = collect(sweep)
     if not any(results.values()):
-        from llm_jax.sweep.experiment import ExperimentError
-
         raise ExperimentError(f"no runs of {sweep.path} under {sweep.directory} yet; run llm-jax sweep run "
                               f"{sweep.path} first (with the same --root)")
     text = table(sweep, results)

@@ -21,23 +21,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from llm_jax.config.load import flatten
+from llm_jax.config.load import flatten, get_key
 from llm_jax.monitor.events import read_run
 from llm_jax.sweep.experiment import ExperimentError, Run, Sweep
 
 LAUNCHERS = ("local", "slurm", "print")
 
 
-def _value(cfg, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def settings(run: Run) -> dict[str, Any]:
     """The run's overrides with the types the config gave them (so '20' from the command line equals 20)."""
-    return {k: _value(run.config, k) for k in run.overrides}
+    return {k: get_key(run.config, k) for k in run.overrides}
 
 
 def train_args(sweep: Sweep, run: Run) -> list[str]:
