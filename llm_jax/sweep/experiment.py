@@ -163,16 +163,16 @@ def load_experiment(path: str | pathlib.Path, root: str | pathlib.Path = "runs",
     directory = pathlib.Path(root) / path.stem
     runs, seen = [], {}
     for name, own in variants.items():
-        overrides = {**spec.base, **own}
-        key = _run_config(spec, overrides, f"{where}, variant '{name}'").to_json_best_effort(sort_keys=True)
+        for seed in seeds:
+            run_overrides = {**spec.base, **own, "train.seed": seed, **cli}
+            cfg = _run_config(spec, run_overrides, f"{where}, variant '{name}', seed {seed}")
+            runs.append(Run(name, seed, run_overrides, cfg, directory / name / f"seed_{seed}"))
+        # Every variant's first run has the same seed and command-line overrides: equal configs mean equal variants.
+        key = runs[-len(seeds)].config.to_json_best_effort(sort_keys=True)
         if key in seen:
             raise ExperimentError(f"{where}: variants '{seen[key]}' and '{name}' give the same config; change one "
                                   "or drop it")
         seen[key] = name
-        for seed in seeds:
-            run_overrides = {**overrides, "train.seed": seed, **cli}
-            cfg = _run_config(spec, run_overrides, f"{where}, variant '{name}', seed {seed}")
-            runs.append(Run(name, seed, run_overrides, cfg, directory / name / f"seed_{seed}"))
     return Sweep(path.stem, path, spec, variants, runs, directory)
 
 
