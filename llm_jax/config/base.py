@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     # TPU VM pod, Kubernetes indexed job, Open MPI) or a coordinator is given; on: always; off: one process.
     c.runtime.distributed = "auto"
     c.runtime.coordinator_address = ""  # host:port of process 0 (or env JAX_COORDINATOR_ADDRESS); "" = detect
+    # Where process 0's coordination service listens. "": loopback when the coordinator address is a loopback
+    # address (local rehearsals), all interfaces otherwise; or an explicit host:port / [::]:port.
+    c.runtime.coordinator_bind_address = ""
     c.runtime.num_processes = 0  # 0: detect
     c.runtime.process_id = -1  # -1: detect
     c.runtime.init_timeout_s = 300  # how long to wait for every process to join
