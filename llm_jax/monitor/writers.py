@@ -8,6 +8,7 @@ hparams (the HParams tab compares runs by their eval metrics), and text samples.
 
 import json
 import math
+import os
 import pathlib
 import shutil
 import time
@@ -19,6 +20,9 @@ from llm_jax.monitor.console import Console
 
 RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard", "train.log", "run.json")
 HPARAM_METRICS = ("eval/loss", "eval/perplexity", "eval/bpb")  # what the HParams tab shows per run
+# The HParams tab's columns follow the order logged: what runs are compared by first, then the extras (num_params),
+# then the plumbing (checkpoint, data, mesh, runtime, ...).
+FIRST_HPARAM_SECTIONS = ("model", "optimizer", "train")
 
 
 def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -36,17 +40,57 @@ def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
     return dest
 
 
-def drop_records_after(path: pathlib.Path, step: int) -> None:
-    """Keep the metrics of steps up to `step`: those after it will be logged again by the resumed run."""
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
+def drop_records_after(path: pathlib.Path, step: int) -> list[str]:
+    """Keep the metrics of steps up to `step`: those after it will be logged again by the resumed run.
+
+    A line that does not decode (a kill or a full disk cut the last one short; garbage anywhere else) is dropped,
+    wherever it is: its step is unknown, and jq, pandas and the reports need every line to parse. Returns one note
+    per dropped line (Writers prints them and keeps them in train.log).
+    The file is rewritten to a temporary file and swapped in with os.replace, so a kill mid-rewrite leaves either
+    the old log or the new one, never a half-written one.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept, notes = [], []
+    for i, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError for a character cut in half
+            record = None
+        if not isinstance(record, dict):
+            if line.strip():
+                where = "its last line, cut off mid-write" if i == len(lines) else f"line {i}, which is not JSON"
+                notes.append(f"{path}: dropped {where}: {line[:60]!r}")
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")  # appends must start on a new line
+    if kept == lines:
+        return notes
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(b"".join(kept))
+            f.flush()
+            os.fsync(f.fileno())  # the new log is on disk before it takes the old one's place
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return notes
 
 
 def flat_hparams(config: dict) -> dict[str, bool | int | float | str]:
     """A config as TensorBoard hparams: dotted keys, scalar values (lists and tuples as text)."""
     return {k: v if isinstance(v, bool | int | float | str) else json.dumps(v)
             for k, v in flatten(config).items() if v is not None}
+
+
+def ordered_hparams(config: dict, extra: dict) -> dict[str, bool | int | float | str]:
+    """model.*, optimizer.*, train.* (each in the config's order), then `extra`, then every other key."""
+    flat = flat_hparams(config)
+    first = {k: flat[k] for s in FIRST_HPARAM_SECTIONS for k in flat if k.startswith(s + ".") and k not in extra}
+    return {**first, **extra, **{k: v for k, v in flat.items() if k not in first and k not in extra}}
 
 
 class Writers:
@@ -58,11 +102,12 @@ class Writers:
         self.workdir = workdir
         self._jsonl = self._tb = None
         self.archived = None
+        notes: list[str] = []
         if self.enabled:
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
 
             if resume_step:
-                drop_records_after(workdir / "metrics.jsonl", resume_step)
+                notes = drop_records_after(workdir / "metrics.jsonl", resume_step)
             else:
                 self.archived = archive_previous_run(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +116,8 @@ class Writers:
             self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         self.console = Console(workdir / "train.log" if self.enabled else None, enabled=self.enabled,
                                bar=progress_bar)
+        for note in notes:
+            self.console.line(note)
 
     def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train_") -> None:
         """Recorded as `<prefix>key` in metrics.jsonl and as `<prefix without _>/key` in TensorBoard."""
@@ -95,7 +142,7 @@ class Writers:
             return
         from tensorboardX.summary import hparams
 
-        experiment, start, _ = hparams({**flat_hparams(config), **(extra or {})}, dict.fromkeys(HPARAM_METRICS, 0.0))
+        experiment, start, _ = hparams(ordered_hparams(config, extra or {}), dict.fromkeys(HPARAM_METRICS, 0.0))
         for summary in (experiment, start):
             self._tb.file_writer.add_summary(summary)
 
