@@ -53,14 +53,23 @@ def _train(argv: list[str]) -> int:
 
     from llm_jax.checkpoint.manager import CheckpointError
     from llm_jax.train import loop
+    from llm_jax.train.resume import ResumeRefusedError
 
     try:
         loop.train(cfg, args.workdir)
     except loop.DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ResumeRefusedError as e:  # nothing ran and nothing on disk changed: the command line is what is wrong
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
     except CheckpointError as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk or a lost mount while writing logs: orbax's own writes are CheckpointErrors
+        print(f"error: writing {e.filename or 'the run files'} failed ({e.strerror or e}); the complete checkpoints "
+              f"in {args.workdir}/checkpoints are kept: free space or fix the directory, then run the same command "
+              "again to resume", file=sys.stderr)
         return 1
     return 0
 

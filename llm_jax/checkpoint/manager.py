@@ -10,15 +10,17 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from llm_jax.checkpoint.integrity import write_manifest
 from llm_jax.checkpoint.params import CheckpointError, abstract_like, check_same_shapes
 
-__all__ = ["CheckpointError", "Checkpointer", "check_compatible"]
+__all__ = ["CheckpointError", "Checkpointer", "arrays_of", "check_compatible"]
 
 
-def _arrays(state) -> dict:
+def arrays_of(state) -> dict:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "guard": state.guard}
 
 
@@ -54,7 +56,7 @@ class Checkpointer:
         self.wait()
         try:
             self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_arrays(state)), data=ocp.args.JsonSave(data_state),
+                state=ocp.args.StandardSave(arrays_of(state)), data=ocp.args.JsonSave(data_state),
                 meta=ocp.args.JsonSave(meta)), force=True)
         except Exception as e:
             raise self._failed(step, e) from e
@@ -77,8 +79,14 @@ class Checkpointer:
         step, self.pending = self.pending, None
         try:
             self.manager.wait_until_finished()
+            if jax.process_index() == 0 and step in self.manager.all_steps():
+                write_manifest(self.directory / str(step))  # from now on, a missing or cut file is damage
         except Exception as e:
             raise self._failed(step, e) from e
+
+    def reload(self) -> None:
+        """Read the list of steps from disk again (after a damaged one was moved aside)."""
+        self.manager.reload()
 
     def _failed(self, step: int, e: Exception) -> CheckpointError:
         """A failed write: orbax wrote into a temporary directory, so the checkpoints before it are untouched."""
@@ -100,7 +108,7 @@ class Checkpointer:
     def restore(self, step: int, state, shardings) -> tuple[Any, dict]:
         """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state."""
         self.check_shapes(step, state)
-        target = abstract_like(_arrays(state), _arrays(shardings))
+        target = abstract_like(arrays_of(state), arrays_of(shardings))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         return state.replace(**restored["state"]), dict(restored["data"])

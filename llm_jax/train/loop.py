@@ -4,9 +4,11 @@ The loop dispatches step N before it fetches step N-1's metrics, so the host nev
 to read numbers that are already computed (and at evaluations and checkpoints, which need the state anyway).
 """
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -17,14 +19,16 @@ import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
 from llm_jax.checkpoint.params import abstract_like, load_params
+from llm_jax.config.load import ConfigError
 from llm_jax.monitor.flops import flops_per_token, peak_flops
 from llm_jax.monitor.profile import Profiler
 from llm_jax.monitor.record import run_record, write_run_record
 from llm_jax.monitor.writers import Writers
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.preemption import StopRequest, agree_any
+from llm_jax.train.resume import ResumePoint, choose, restore, shown
 from llm_jax.train.sample import generate
-from llm_jax.train.setup import Run, build_run
+from llm_jax.train.setup import Run, build_run, prepare
 from llm_jax.train.steplog import DivergedError, StepLog
 from llm_jax.train.watchdog import Watchdog
 
@@ -50,25 +54,17 @@ def run_meta(run: Run) -> dict:
             "mesh": dict(run.mesh.shape)}
 
 
-def resume(run: Run, ckpt: Checkpointer, say) -> int:
-    """Restore the latest readable checkpoint, if any, into `run` (state and data position); return its step or 0.
-
-    A damaged checkpoint is reported and skipped for the one before it, never deleted.
-    """
-    for step in sorted(ckpt.all_steps(), reverse=True):
-        where = ckpt.directory / str(step)
+def check_writable(workdir: pathlib.Path) -> None:
+    """A workdir (and its checkpoints/) that cannot be written is an error before setup, not after compilation."""
+    for directory in (workdir, workdir / "checkpoints"):
+        probe = directory / f".write-test-{os.getpid()}"
         try:
-            check_compatible(ckpt.read_meta(step), run.data.tokenizer.identity(), where)
-            run.state, data_state = ckpt.restore(step, run.state, run.state_sharding)
-        except CheckpointError:
-            raise
-        except Exception as e:  # orbax raises several types for missing or truncated files
-            say(f"warning: checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying the "
-                "one before it (this one is left in place for inspection)")
-            continue
-        run.data.train.set_state(data_state)
-        return step
-    return 0
+            directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"--workdir {workdir}: cannot write to {directory} ({e.strerror or e}); choose a "
+                              "writable --workdir or fix its permissions") from None
 
 
 def init_from(run: Run, path: str) -> int | None:
@@ -134,9 +130,9 @@ def evaluation(run: Run, writers: Writers, step: int) -> dict[str, float]:
     return metrics
 
 
-def _start(run: Run, workdir: pathlib.Path, start: int, ckpt: Checkpointer) -> tuple[Writers, float]:
+def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpointer) -> tuple[Writers, float]:
     """The run's files (record, config, hparams) and the opening lines; returns the writers and the peak FLOP/s."""
-    cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
+    cfg, mesh, data, t, start = run.cfg, run.mesh, run.data, run.cfg.train, point.step
     writers = Writers(workdir, resume_step=start, progress_bar=cfg.monitor.progress == "auto")
     if writers.archived:
         writers.print(f"{workdir} held an earlier run: moved its files to {writers.archived}")
@@ -144,7 +140,10 @@ def _start(run: Run, workdir: pathlib.Path, start: int, ckpt: Checkpointer) -> t
     if writers.enabled:  # the tokenizer's identity too: resuming or evaluating with another one is an error
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
         (workdir / "tokenizer.json").write_text(json.dumps(data.tokenizer.identity(), indent=2) + "\n")
-        write_run_record(workdir, run_record(config, dict(mesh.shape), sys.argv))
+        record = run_record(config, dict(mesh.shape), sys.argv)
+        if start:  # what this start changed, next to the config it ran with
+            record.update(resumed_from=start, config_changes=point.changes)
+        write_run_record(workdir, record)
     writers.hparams(config, {"num_params": run.num_params})
     if not start and cfg.checkpoint.init_from:
         source_step = init_from(run, cfg.checkpoint.init_from)
@@ -153,6 +152,8 @@ def _start(run: Run, workdir: pathlib.Path, start: int, ckpt: Checkpointer) -> t
     if start:
         writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
                       f"{data.train.examples:,} examples read")
+        if point.changes:
+            writers.print(f"config changes since that checkpoint: {shown(point.changes)}")
     peak, peak_source = peak_flops(mesh.devices.flat, cfg.model.dtype, cfg.monitor.peak_tflops)
     writers.print(f"devices: {mesh.size} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
                   f"model preset '{cfg.model_preset}' | parameters: {run.num_params / 1e6:.2f}M | MFU against "
@@ -166,20 +167,42 @@ def _start(run: Run, workdir: pathlib.Path, start: int, ckpt: Checkpointer) -> t
     return writers, peak
 
 
+def _set_up(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, devices: list | None,
+            cleanup: contextlib.ExitStack) -> tuple[Run, Checkpointer, ResumePoint]:
+    """Checks first (workdir, config, the checkpoint to resume and its config), then the run, then the restore.
+    What needs closing is pushed on `cleanup`."""
+    check_writable(workdir)
+    prepared = prepare(cfg, devices)
+    ckpt = Checkpointer(workdir, prepared.cfg.checkpoint)
+    cleanup.callback(ckpt.close)
+    cleanup.callback(ckpt.wait)
+    say = print if jax.process_index() == 0 else lambda _: None
+    point = choose(ckpt, json.loads(prepared.cfg.to_json_best_effort()), prepared.tokenizer.identity(), say)
+    run = build_run(cfg, devices, prepared)
+    cleanup.callback(run.data.train.close)
+    if point.step:
+        run.state, data_state = restore(ckpt, point, run.state, run.state_sharding)
+        run.data.train.set_state(data_state)
+    return run, ckpt, point
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
     """Train as `cfg` says on `devices` (default: all), resuming from the workdir's latest checkpoint if any."""
     workdir = pathlib.Path(workdir)
-    run = build_run(cfg, devices)
-    cfg, mesh, data, t = run.cfg, run.mesh, run.data, run.cfg.train
-    ckpt = Checkpointer(workdir, cfg.checkpoint)
-    start = resume(run, ckpt, print if jax.process_index() == 0 else lambda _: None)
-    writers, peak = _start(run, workdir, start, ckpt)
-    log = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"])),
-                  flops_per_token(cfg.model, t.seq_len), peak)
-    stop = StopRequest()
-    profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)
-    watchdog = Watchdog(cfg.runtime.step_timeout_s)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        stop = StopRequest()  # from the start: a signal during set-up stops the run before its first step
+        cleanup.callback(stop.restore)
+        run, ckpt, point = _set_up(cfg, workdir, devices, cleanup)
+        cfg, mesh, data, t, start = run.cfg, run.mesh, run.data, run.cfg.train, point.step
+        if agree_any(stop.requested())[0]:
+            print(f"stopped by signal {stop.signal} during set-up, before step {start + 1}: nothing new to save; run "
+                  "the same command again to " + ("resume" if start else "start"))
+            return Result([], math.nan, data.unigram_loss, "", math.nan, math.nan, start, stopped_at=start)
+        writers, peak = _start(run, workdir, point, ckpt)
+        log = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"])),
+                      flops_per_token(cfg.model, t.seq_len), peak)
+        profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)
+        watchdog = cleanup.enter_context(contextlib.closing(Watchdog(cfg.runtime.step_timeout_s)))
         with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
             last = _steps(run, ckpt, writers, log, start, stop, profiler, watchdog)
             profiler.stop(run.state)
@@ -193,12 +216,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                               stopped_at=last, steady_step_s=log.steady_step_s)
             final = evaluation(run, writers, t.steps)
             sample = _sample(run)
-    finally:
-        watchdog.close()
-        stop.restore()
-        data.train.close()
-        ckpt.wait()
-        ckpt.close()
     writers.text(t.steps, "samples", sample)
     writers.end_hparams()
     if writers.enabled:

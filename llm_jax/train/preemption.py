@@ -1,6 +1,12 @@
-"""SIGTERM/SIGINT: finish the current step, save a checkpoint, exit 0. All processes stop at the same step."""
+"""SIGTERM/SIGINT: finish the current step, save a checkpoint, exit 0. All processes stop at the same step.
 
+A second signal exits at once (a save that hangs, or a user who will not wait): that is a kill, which the
+checkpoints survive (orbax only renames a step's directory into place when it is whole).
+"""
+
+import os
 import signal
+import sys
 import threading
 
 import jax
@@ -20,7 +26,13 @@ class StopRequest:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            sys.stderr.write(f"\nsignal {signum} again: exiting now without a checkpoint; the complete checkpoints "
+                             "are kept and the same command resumes from the last one\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         self.signal = signum
+        sys.stderr.write(f"\nsignal {signum}: stopping after this step with a checkpoint (again to exit at once)\n")
 
     def requested(self) -> bool:
         return self.signal is not None

@@ -85,8 +85,9 @@ def optimizer_and_options(cfg: ml_collections.ConfigDict) -> tuple[optax.Gradien
     return tx, StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
 
 
-def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Run:
-    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, devices)
+def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None, prepared: Prepared | None = None) -> Run:
+    """`prepared`: the result of prepare(cfg, devices) if the caller already has it."""
+    cfg, mesh, model, tokenizer, params_sh = prepared or prepare(cfg, devices)
     t = cfg.train
     data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     tx, options = optimizer_and_options(cfg)

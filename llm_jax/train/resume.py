@@ -1,0 +1,163 @@
+"""Resume a run from its workdir without ever starting over or throwing a checkpoint away.
+
+- Only a checkpoint whose files are missing or cut short (checkpoint/integrity.py) is damaged: it is moved aside
+  (`checkpoints/<step>.damaged-<time>`) and the one before it is tried. Every process checks what it reads and all
+  of them fall back together, so they resume from the same step.
+- A workdir whose checkpoints are all damaged is an error, not a fresh start.
+- The newest whole checkpoint's saved config is compared with this run's: a change of the model (any `model.*`
+  key) or of the tokenizer is refused with the diff; other changes (steps, lr, cadences) are shown and recorded.
+- A saved state of another structure, shape or dtype is refused naming what differs. Any other error while
+  restoring is raised: the checkpoint is not skipped, so a later save can never rotate it away.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+
+from llm_jax.checkpoint.integrity import damage, move_aside, moved_aside
+from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, arrays_of, check_compatible
+from llm_jax.config.base import base_config
+from llm_jax.config.load import flatten
+from llm_jax.train.preemption import agree_any
+
+REFUSED_PREFIXES = ("model.",)  # changing these continues a different model from the saved weights
+
+
+class ResumeRefusedError(CheckpointError):
+    """The workdir's checkpoint cannot be continued with this config; nothing was changed on disk."""
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    step: int  # 0: no checkpoint, a new run
+    changes: dict[str, list]  # config key -> [saved value, this run's value]
+
+
+def _options(where: pathlib.Path) -> str:
+    return (f"run with the config it was saved with ({where.parent.parent / 'config.json'}), start a new run "
+            f"from its parameters with --config.checkpoint.init_from={where} and a new --workdir, or use a new "
+            "--workdir")
+
+
+NOT_SET = "(not set)"
+
+
+def config_changes(saved: dict, now: dict) -> dict[str, list]:
+    """Keys whose value differs between a checkpoint's saved config and this run's (both as JSON). A key that
+    only one side has counts when its value is not today's default (a key added since is no change)."""
+    defaults = flatten(json.loads(base_config().to_json_best_effort()))
+    before, after = flatten(saved), flatten(now)
+    changes = {}
+    for key in sorted(before.keys() | after.keys()):
+        old, new = before.get(key, defaults.get(key)), after.get(key, defaults.get(key))
+        if old != new:
+            changes[key] = [before.get(key, NOT_SET), after.get(key, NOT_SET)]
+    return changes
+
+
+def shown(changes: dict[str, list]) -> str:
+    return ", ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+
+
+def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) -> ResumePoint:
+    """The newest checkpoint whole on every process (damaged ones moved aside), checked against this run's config
+    (`cfg_json`, the finalized config as JSON). Cheap: reads file sizes and the saved config only."""
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        where = ckpt.directory / str(step)
+        problems = damage(where, jax.process_index())
+        (damaged,) = agree_any(bool(problems))
+        if damaged:
+            if jax.process_index() == 0:
+                dest = move_aside(where)
+                say(f"warning: checkpoint {where} is damaged ({'; '.join(problems[:3]) or 'on another process'})"
+                    f"; moved it to {dest.name} for inspection and trying the one before it")
+            _sync("llm_jax_moved_aside")
+            ckpt.reload()
+            continue
+        meta = ckpt.read_meta(step)
+        try:
+            check_compatible(meta, tokenizer_identity, where)
+        except CheckpointError as e:
+            raise ResumeRefusedError(str(e)) from None
+        changes = config_changes(meta.get("config", {}), cfg_json)
+        refused = {k: v for k, v in changes.items() if k.startswith(REFUSED_PREFIXES)}
+        if refused:
+            raise ResumeRefusedError(f"{where} was trained with another model: {shown(refused)}. Resuming would "
+                                     f"continue a different model from its weights; {_options(where)}")
+        return ResumePoint(step, changes)
+    aside = moved_aside(ckpt.directory)
+    if aside:
+        raise ResumeRefusedError(f"{ckpt.directory} holds no whole checkpoint, only damaged ones moved aside "
+                                 f"({', '.join(p.name for p in aside)}); this run is not started over on its own: "
+                                 "delete or move them to start over in this workdir, or use a new --workdir")
+    return ResumePoint(0, {})
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _summary(names: set[str]) -> str:
+    """Names grouped by their first three parts ('opt_state.1.0.* (43 arrays)'): an optimizer change touches
+    every parameter's moments, and the list would be hundreds of lines."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        groups.setdefault(".".join(name.split(".")[:3]), []).append(name)
+    parts = [g[0] if len(g) == 1 else f"{prefix}.* ({len(g)} arrays)" for prefix, g in groups.items()]
+    return ", ".join(parts[:6]) + (f" and {len(parts) - 6} more" if len(parts) > 6 else "")
+
+
+def _arrays_by_name(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="."): (tuple(x.shape), str(x.dtype))
+            for path, x in leaves}
+
+
+def check_structure(ckpt: Checkpointer, step: int, state: Any, changes: dict[str, list]) -> None:
+    """Refuse a saved state whose arrays (names, shapes, dtypes) differ from the state this config builds."""
+    where = ckpt.directory / str(step)
+    saved = _arrays_by_name(ckpt.manager.item_metadata(step)["state"])
+    now = _arrays_by_name(arrays_of(state))
+    problems = []
+    if saved.keys() - now.keys():
+        problems.append(f"only in the checkpoint: {_summary(saved.keys() - now.keys())}")
+    if now.keys() - saved.keys():
+        problems.append(f"only in this run's state: {_summary(now.keys() - saved.keys())}")
+    differ = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k])
+    if differ:
+        problems.append("; ".join(f"{k}: checkpoint {saved[k][0]} {saved[k][1]}, this run {now[k][0]} {now[k][1]}"
+                                  for k in differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else ""))
+    if problems:
+        why = f" (config changes since it was saved: {shown(changes)})" if changes else ""
+        raise ResumeRefusedError(f"{where} holds another training state than this config builds{why}: "
+                            f"{' | '.join(problems)}; {_options(where)}")
+
+
+def restore(ckpt: Checkpointer, point: ResumePoint, state: Any, shardings: Any) -> tuple[Any, dict]:
+    """The chosen checkpoint's state and data position. A failure is raised on every process (none goes on
+    alone), and the checkpoint stays where it is."""
+    check_structure(ckpt, point.step, state, point.changes)
+    where, error = ckpt.directory / str(point.step), None
+    try:
+        restored = ckpt.restore(point.step, state, shardings)
+    except Exception as e:  # what failed is told below; nothing is skipped
+        error = e
+    (failed,) = agree_any(error is not None)
+    if not failed:
+        return restored
+    problems = damage(where, jax.process_index())
+    if error is None:
+        raise CheckpointError(f"restoring {where} failed on another process; see its log")
+    cause = f"{type(error).__name__}: {str(error)[:300]}"
+    if problems:
+        raise CheckpointError(f"restoring {where} failed ({cause}); its files are damaged ({'; '.join(problems[:3])})"
+                              "; run the same command again: it is moved aside and the one before it is used")
+    raise CheckpointError(f"restoring {where} failed ({cause}); its files are whole, so it was not skipped and "
+                          "nothing was deleted: fix the cause (memory, I/O, permissions) and run the same command "
+                          "again") from error
