@@ -7,6 +7,10 @@ the number of examples consumed: a restore rebuilds the pipeline from that index
 worker processes was before or is now.
 """
 
+import functools
+import os
+import threading
+import time
 from collections.abc import Sequence
 
 import grain
@@ -34,7 +38,21 @@ def with_workers(ds: IterDataset, workers: int) -> IterDataset:
     if not workers:
         return ds
     mark_flags_parsed()
-    return ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers))
+    return ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers),
+                          worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
+
+
+def exit_with_parent(parent: int, worker_index: int = 0, worker_count: int = 1) -> None:
+    """Run in each grain worker: end it as soon as `parent` (the process that started it) is gone, even killed by
+    SIGKILL, so an orphaned worker does not keep its memory, nor multiprocessing's resource tracker, alive."""
+    # Polled, not PR_SET_PDEATHSIG: grain starts workers from its own short-lived threads, and the death signal
+    # fires when the starting *thread* exits, which would kill a healthy worker.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class MemoryRows:
