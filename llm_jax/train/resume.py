@@ -154,7 +154,7 @@ def restore(ckpt: Checkpointer, point: ResumePoint, state: Any, shardings: Any) 
     problems = damage(where, jax.process_index())
     if error is None:
         raise CheckpointError(f"restoring {where} failed on another process; see its log")
-    cause = f"{type(error).__name__}: {str(error)[:300]}"
+    cause = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"  # one line
     if problems:
         raise CheckpointError(f"restoring {where} failed ({cause}); its files are damaged ({'; '.join(problems[:3])})"
                               "; run the same command again: it is moved aside and the one before it is used")

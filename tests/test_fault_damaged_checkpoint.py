@@ -1,0 +1,100 @@
+"""Fault: a checkpoint's files are damaged after it was written. A damaged one (files missing or cut short) is
+moved aside, never deleted, and its step can be saved again; a workdir of damaged checkpoints only is not
+started over; a checkpoint whose files are whole but which fails to restore is reported, not skipped."""
+
+import json
+import shutil
+
+import jax
+import pytest
+
+from llm_jax.checkpoint.manager import CheckpointError
+from llm_jax.train.loop import train
+from llm_jax.train.resume import ResumeRefusedError
+from tests.conftest import small_config
+
+
+def _config(steps=8, every=2):
+    cfg = small_config()
+    cfg.train.steps, cfg.checkpoint.every_steps = steps, every
+    return cfg
+
+
+def _steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _aside(workdir):
+    return sorted(p.name.split(".")[0] for p in (workdir / "checkpoints").glob("*.damaged-*"))
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _largest_array_file(step_dir):
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "ocdbt.process_" in str(p)),
+               key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """An 8-step run saving every 2 steps (keeps 4, 6, 8), and its losses."""
+    workdir = tmp_path_factory.mktemp("whole")
+    return workdir, train(_config(), workdir, jax.devices()[:1])
+
+
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_its_step_saved_again(tmp_path, uninterrupted, capsys):
+    whole_dir, whole = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    shutil.rmtree(run / "checkpoints" / "8")  # the run died before its last save ...
+    _cut(_largest_array_file(run / "checkpoints" / "6"))  # ... and step 6's biggest file was cut short since
+    metrics = run / "metrics.jsonl"  # the kill also cut the log's last line
+    metrics.write_text(metrics.read_text()[:-7])
+    capsys.readouterr()
+
+    resumed = train(_config(), run, jax.devices()[:1])  # saves every 2 steps: lands on the damaged step 6
+
+    out = capsys.readouterr().out
+    assert resumed.start_step == 4
+    assert f"checkpoint {run / 'checkpoints' / '6'} is damaged" in out and "bytes, written with" in out
+    assert _aside(run) == ["6"], "the damaged checkpoint is kept beside the new ones"
+    assert _steps(run) == [4, 6, 8]
+    assert resumed.train_losses == whole.train_losses[4:], "resumed losses must equal the uninterrupted run's"
+    steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 9))
+
+
+def test_a_workdir_of_damaged_checkpoints_only_is_refused_not_started_over(tmp_path, uninterrupted):
+    whole_dir, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    for step in _steps(run):
+        (run / "checkpoints" / str(step) / "state" / "_METADATA").unlink()
+    log = (run / "metrics.jsonl").read_text()
+
+    for _ in range(2):  # the second start finds the moved-aside ones only, and refuses again
+        with pytest.raises(ResumeRefusedError, match="holds no whole checkpoint, only damaged ones moved aside"):
+            train(_config(), run, jax.devices()[:1])
+    assert _aside(run) == ["4", "6", "8"] and _steps(run) == []
+    assert (run / "metrics.jsonl").read_text() == log and not (run / "previous_runs").exists()
+
+
+def test_a_whole_checkpoint_that_fails_to_restore_is_reported_and_not_skipped(tmp_path, uninterrupted):
+    whole_dir, whole = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    shutil.rmtree(run / "checkpoints" / "8")
+    target = _largest_array_file(run / "checkpoints" / "6")
+    original = target.read_bytes()
+    target.write_bytes(bytes(len(original)))  # same size: not damage that can be proven, so not skipped
+
+    with pytest.raises(CheckpointError, match=r"restoring .*checkpoints/6 failed .*its files are whole, so it was "
+                                              r"not skipped and nothing was deleted"):
+        train(_config(), run, jax.devices()[:1])
+    assert _steps(run) == [4, 6] and _aside(run) == []
+
+    target.write_bytes(original)  # the cause is fixed (a flaky read, say): the same command resumes from 6
+    resumed = train(_config(), run, jax.devices()[:1])
+    assert resumed.start_step == 6 and resumed.train_losses == whole.train_losses[6:]
