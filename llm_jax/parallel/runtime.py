@@ -1,6 +1,7 @@
 """Process-level set-up that must happen before JAX starts its backends: XLA flags, CPU device count, and the
 multi-process runtime (jax.distributed) for jobs over several hosts."""
 
+import ipaddress
 import os
 
 import jax
@@ -28,6 +29,21 @@ def in_cluster() -> bool:
     return bool(env.get("JOB_COMPLETION_INDEX") and env.get("KUBERNETES_SERVICE_HOST"))  # a k8s indexed job
 
 
+def bind_address(coordinator: str, bind: str) -> str | None:
+    """Where process 0's coordination service listens: `bind` if given; else the coordinator's own address when
+    that is a loopback one (jax would listen on every interface, [::]:port, even for a local rehearsal); else None
+    (jax's default, which also honours JAX_COORDINATOR_BIND_ADDRESS)."""
+    if bind or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+        return bind or None
+    host = coordinator.rsplit(":", 1)[0].strip("[]") if ":" in coordinator else ""
+    if host == "localhost":
+        return coordinator
+    try:
+        return coordinator if host and ipaddress.ip_address(host).is_loopback else None
+    except ValueError:  # a host name: reachable from other machines, so jax's default
+        return None
+
+
 def init_distributed(r: ml_collections.ConfigDict) -> bool:
     """Start jax.distributed as `runtime.*` says; True when this is a multi-process job."""
     if r.distributed == "off" or (r.distributed == "auto" and not (r.coordinator_address or in_cluster())):
@@ -39,6 +55,10 @@ def init_distributed(r: ml_collections.ConfigDict) -> bool:
         kwargs["num_processes"] = r.num_processes
     if r.process_id >= 0:
         kwargs["process_id"] = r.process_id
+    bind = bind_address(r.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+                        r.coordinator_bind_address)
+    if bind:
+        kwargs["coordinator_bind_address"] = bind
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as e:
