@@ -1,10 +1,13 @@
 """The `llm-jax` command end to end, in a subprocess, as a user runs it."""
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO, TRAIN_CONFIG
 
@@ -42,7 +45,11 @@ def test_train_on_a_2x2x2_mesh_end_to_end(tmp_path):
         assert all(key in r for r in train), key
     assert all(r["tokens_per_s"] > 0 for r in train[1:])
     evals = [r for r in records if "eval_loss" in r]
-    assert len(evals) == 1 and evals[0]["step"] == 6 and 0 < evals[0]["eval_loss"] < 10
+    assert len(evals) == 1 and evals[0]["step"] == 6
+    # Six steps learn something (below the uniform guess, ln V) but not yet what the best context-free model knows.
+    unigram = float(re.search(r"unigram baseline loss: ([\d.]+)", out.stdout).group(1))
+    vocab = json.loads((tmp_path / "config.json").read_text())["model"]["vocab_size"]
+    assert unigram < evals[0]["eval_loss"] < math.log(vocab), (unigram, evals[0]["eval_loss"], vocab)
     sample = (tmp_path / "samples.txt").read_text()
     assert sample.startswith("ROMEO:\n") and len(sample) > len("ROMEO:\n") + 1  # generated on the sharded mesh
     assert json.loads((tmp_path / "config.json").read_text())["mesh"]["tensor"] == 2
@@ -69,7 +76,10 @@ def test_bench_prints_figures_and_a_json_last_line():
     assert abs(sum(map(float, shares.values())) - 100) < 0.5 and "slowest ops: " in out.stdout
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) == {"tokens_per_s", "step_time_s", "compile_s", "flops_per_token", "mfu", "peak_gflops"}
-    assert 0 < result["mfu"] <= 1 and result["tokens_per_s"] > 0 and result["peak_gflops"] > 0
+    # MFU is the model FLOP/s (FLOPs per token x tokens/s, tokens/s = batch x seq_len / step time) over the peak.
+    assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_time_s"], rel=1e-9)
+    assert result["mfu"] == pytest.approx(
+        result["flops_per_token"] * result["tokens_per_s"] / (result["peak_gflops"] * 1e9), rel=1e-9)
     # nano: 4 layers, width 128, MLP 512 (GELU), vocab 320, 4 heads x 32: 6 N + 12 L H K T
     n_matmul = 4 * (128 * 32 * 16 + 2 * 128 * 512) + 128 * 320
     assert result["flops_per_token"] == 6 * n_matmul + 12 * 4 * 4 * 32 * 32
