@@ -153,11 +153,12 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_eval_reproduces_the_losses_logged_at_each_checkpoint(run):
     workdir, result, _ = run
     logged = read_run(workdir / "tensorboard").scalars["eval/loss"]
-    code, out = _cli("eval", f"--workdir={os.path.relpath(workdir)}")  # a relative path, as users type them
+    mesh = ("--config.mesh.fsdp=2", "--config.mesh.tensor=2")  # the run's mesh: a checkpoint does not set it
+    code, out = _cli("eval", f"--workdir={os.path.relpath(workdir)}", *mesh)  # a relative path, as users type them
     assert code == 0, out
     final = json.loads(out.splitlines()[-1])
     assert final["step"] == STEPS and final["loss"] == result.eval_loss  # the same number, evaluated twice
-    code, out = _cli("eval", f"--workdir={workdir}", "--step=3")
+    code, out = _cli("eval", f"--workdir={workdir}", "--step=3", *mesh)
     assert code == 0, out
     assert float(np.float32(json.loads(out.splitlines()[-1])["loss"])) == logged[3]
 

@@ -146,6 +146,19 @@ def restore_params(step_dir: pathlib.Path, abstract) -> Any:
     return restored["params"]
 
 
+def json_field(metadata: dict[str, str], key: str, path: pathlib.Path) -> dict:
+    """A JSON object kept as a string in an exported file's metadata ({} when absent)."""
+    try:
+        value = json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata '{key}' is not JSON ({e}); write the file again with "
+                              "`llm-jax export`") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata '{key}' is not a JSON object; write the file again with "
+                              "`llm-jax export`")
+    return value
+
+
 def _place(flat: dict[str, np.ndarray], abstract) -> Any:
     """Host arrays as the sharded tree `abstract`; each process reads only the slices its devices hold."""
     def one(name: str, target) -> jax.Array:
@@ -161,10 +174,34 @@ def check_source(path: str | pathlib.Path) -> None:
     """Fail early (before anything compiles) when `path` is neither an exported file nor a checkpoint."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise CheckpointError(f"{path} does not exist")
+        read_exported_header(path)
     else:
         find_step_dir(path)
+
+
+def read_exported_header(path: pathlib.Path) -> dict[str, str]:
+    """An exported file's metadata, after checking that its header is valid (nothing of the data is read)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return safetensors.read_header(path)[1]
+    except safetensors.SafetensorsError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def exported_config(path: pathlib.Path) -> dict:
+    """The run config an exported file carries in its metadata ({} when none), from its validated header."""
+    return json_field(read_exported_header(path), "config", path)
+
+
+def read_exported(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """An exported file's tensors and metadata; a damaged or crafted file is a one-line CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return safetensors.read(path)
+    except safetensors.SafetensorsError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_params(path: str | pathlib.Path, abstract) -> tuple[Any, dict]:
@@ -172,8 +209,8 @@ def load_params(path: str | pathlib.Path, abstract) -> tuple[Any, dict]:
     and the source's metadata (its tokenizer identity under "tokenizer", and "step")."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
-        tensors, metadata = safetensors.read(path)
-        source = {"tokenizer": json.loads(metadata.get("tokenizer", "{}")), "step": metadata.get("step")}
+        tensors, metadata = read_exported(path)
+        source = {"tokenizer": json_field(metadata, "tokenizer", path), "step": metadata.get("step")}
         return _place(from_portable(tensors, abstract, str(path)), abstract), source
     step_dir = find_step_dir(path)
     meta = read_meta(step_dir)

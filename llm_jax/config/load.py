@@ -7,6 +7,7 @@ ourselves so that a typo names the full key and the closest real ones instead of
 import ast
 import difflib
 import importlib.util
+import json
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -134,17 +135,42 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_from_saved(saved: Mapping[str, Any], overrides: Iterable[str] = (),
-                      source: str = "the run's saved config") -> tuple[ml_collections.ConfigDict, list[str]]:
-    """The config a run saved (as JSON, e.g. in a checkpoint) rebuilt on today's defaults, then `a.b=value`
-    overrides; also the saved keys that no longer exist (left out, for the caller to report)."""
+# What a received file (a checkpoint, an exported .safetensors) may set: the model, its tokenizer, and what describes
+# the evaluation data and shapes. How this machine runs (runtime.*, mesh.*, sharding.*, checkpoint.*, profile.*,
+# monitor.*, reader counts) stays the user's own: a file could otherwise set XLA_FLAGS or a coordinator to dial.
+RECEIVED_SECTIONS = ("model.", "data.", "sample.")
+RECEIVED_KEYS = ("model_preset", "train.seq_len", "train.global_batch", "train.eval_batches")
+NOT_RECEIVED = ("data.workers", "data.threads", "data.prefetch")
+
+
+def received(key: str) -> bool:
+    """Whether a config read from a file someone gave us may set `key`."""
+    return (key.startswith(RECEIVED_SECTIONS) or key in RECEIVED_KEYS) and key not in NOT_RECEIVED
+
+
+def config_from_saved(saved: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "the run's saved config",
+                      ) -> tuple[ml_collections.ConfigDict, list[str], list[str]]:
+    """The config a run saved (as JSON, in a checkpoint or an exported file) rebuilt on today's defaults, taking
+    only the keys `received` allows, then the user's `a.b=value` overrides. Also, for the caller to report, the
+    saved keys that no longer exist (dropped) and the keys for how to run that were not taken although their saved
+    value is not the default (ignored; training-only keys, optimizer.* and the rest of train.*, are not listed)."""
     from llm_jax.config.base import base_config
 
-    cfg, dropped = base_config(), []
+    cfg, dropped, ignored = base_config(), [], []
     for key, value in flatten(saved).items():
+        if not received(key):
+            if key.startswith(("optimizer.", "train.")):
+                continue
+            try:
+                default = get_key(cfg, key)
+            except (KeyError, AttributeError, TypeError):
+                default = None
+            if json.loads(json.dumps(default)) != value:  # JSON's view: tuples are lists
+                ignored.append(key)
+            continue
         try:
             set_key(cfg, key, value, source)
         except ConfigError:
             dropped.append(key)
     apply_flag_overrides(cfg, overrides)
-    return cfg, dropped
+    return cfg, dropped, ignored

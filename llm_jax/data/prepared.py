@@ -73,15 +73,50 @@ def write(out: str | pathlib.Path, train: list[Rows], validation: Rows, meta: di
 
 
 def read_meta(directory: str) -> dict:
+    """meta.json of a prepared directory, checked: the shapes of its fields, and shard names that stay inside the
+    directory (a directory someone gave us is data; its meta.json must not point the reader elsewhere)."""
     path = pathlib.Path(directory) / "meta.json"
     if not directory or not path.is_file():
         raise DataError(f"data.prepared_dir={directory!r} has no meta.json: run `llm-jax data prepare --out=DIR` "
                         "(a directory without meta.json is an unfinished preparation)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, f"is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}; "
                         "prepare the data again")
+    _check_fields(path, meta)
+    root = path.parent.resolve()
+    for shard in [s for source in meta["train"] for s in source["shards"]] + meta["validation"]["shards"]:
+        if (pathlib.PurePath(shard).is_absolute() or ".." in pathlib.PurePath(shard).parts
+                or not (root / shard).resolve().is_relative_to(root)):
+            raise _bad(path, f"names shard {shard!r}, which is outside {root}")
     return meta
+
+
+def _bad(path: pathlib.Path, what: str) -> DataError:
+    return DataError(f"{path} {what}; re-run `llm-jax data prepare --out={path.parent}`")
+
+
+def _check_fields(path: pathlib.Path, meta: dict) -> None:
+    """Every field that training reads, with its type: a damaged file fails here, not as a KeyError later."""
+    def is_source(x) -> bool:
+        return (isinstance(x, dict) and type(x.get("rows")) is int and isinstance(x.get("shards"), list)
+                and all(isinstance(s, str) and s for s in x["shards"]))
+
+    checks = {"tokenizer": isinstance(meta.get("tokenizer"), dict) and "hash" in meta["tokenizer"],
+              "seq_len": type(meta.get("seq_len")) is int and meta["seq_len"] > 0,
+              "dtype": meta.get("dtype") in ("uint16", "int32"),  # what compact_dtype writes
+              "train": isinstance(meta.get("train"), list) and all(map(is_source, meta["train"])) and meta["train"],
+              "validation": is_source(meta.get("validation")),
+              "unigram_loss": isinstance(meta.get("unigram_loss"), int | float),
+              "stats": isinstance(meta.get("stats"), dict)}
+    for field, ok in checks.items():
+        if not ok:
+            raise _bad(path, f"has a missing or malformed '{field}'")
 
 
 def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[list[RecordRows], RecordRows, dict]:

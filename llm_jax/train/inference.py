@@ -3,7 +3,6 @@ parameters placed on this machine's mesh (sharded as the config's rules say, so 
 still loads)."""
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
@@ -12,9 +11,8 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from llm_jax.checkpoint import safetensors
-from llm_jax.checkpoint.manager import check_compatible
-from llm_jax.checkpoint.params import abstract_like, find_step_dir, load_params, read_meta
+from llm_jax.checkpoint.manager import CheckpointError, check_compatible
+from llm_jax.checkpoint.params import abstract_like, exported_config, find_step_dir, load_params, read_meta
 from llm_jax.config.load import ConfigError, config_from_saved
 from llm_jax.data.pipeline import make_data
 from llm_jax.data.tokenizer import Tokenizer
@@ -41,24 +39,29 @@ class Trained:
 def saved_config(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
     """The checkpoint step directory (or exported file) that `path` and `step` name, and the config it holds."""
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist")
-        _, metadata = safetensors.read(path)
-        return path, json.loads(metadata.get("config", "{}"))
+        return path, exported_config(path)
     source = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
-    return source, read_meta(source).get("config", {})
+    saved = read_meta(source).get("config", {})
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{source}: the saved config is not a JSON object; this is not a checkpoint of "
+                              "`llm-jax train`")
+    return source, saved
 
 
 def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: list[str] = (),
                  check_data: bool = True) -> Trained:
     """`path`: a run's workdir (its latest checkpoint, or `step`'s), a checkpoints/<step> directory, or a file
-    from `llm-jax export`. `overrides` are `a.b=value` changes to the saved config (e.g. the mesh, or
-    data.tokenizer_path when the tokenizer moved)."""
+    from `llm-jax export`. The file is data, maybe someone else's: only its model, tokenizer and data keys are used
+    (see config_from_saved); how this machine runs comes from the defaults and `overrides`, `a.b=value` changes
+    (e.g. the mesh, or data.tokenizer_path when the tokenizer moved)."""
     path = pathlib.Path(path)
     source, saved = saved_config(path, step)
     if not saved:
         raise ConfigError(f"{source} holds no config; it was not written by `llm-jax train` or `llm-jax export`")
-    cfg, dropped = config_from_saved(saved, ["checkpoint.init_from=", *overrides])
+    cfg, dropped, ignored = config_from_saved(saved, overrides, source=f"{source}'s config")
+    if ignored:  # before anything can fail: the user may need to set some of them
+        print(f"note: {source}'s config keys for how to run are not taken from a file (only model, tokenizer and "
+              f"data keys are), defaults used: {', '.join(ignored)}; set any you need with --config.KEY=VALUE")
     init_runtime(cfg)
     cfg, mesh, model, tokenizer, params_sh = prepare(cfg, check_data=check_data)
     abstract = abstract_like(nn.unbox(abstract_params(model, cfg.train.seq_len)), params_sh)
