@@ -225,7 +225,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                   f"compile {log.compile_s:.1f}s, then {log.steady_step_s * 1e3:.1f} ms per step\n--- sample ---\n"
                   f"{sample}\n--------------")
     writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | log: "
-                  f"{workdir / 'train.log'} | tensorboard --logdir={workdir} | checkpoints: "
+                  f"{workdir / 'train.log'} | tensorboard: {pathlib.Path(sys.executable).parent / 'tensorboard'} "
+                  f"--logdir={workdir} --host=127.0.0.1 | checkpoints: "
                   f"{ckpt.directory}")
     writers.close()
     return Result(log.losses, final["loss"], data.unigram_loss, sample, log.compile_s, log.tokens_per_s, start,
