@@ -15,27 +15,43 @@
 #   LOG_DIR           also write process i's output to LOG_DIR/process_i.log
 #   PYTHON            the interpreter (default: the repository's .venv/bin/python, else python3)
 #   GRACE_S           when a process fails, how long the others get after SIGTERM before SIGKILL (default 10)
+#   STOP_GRACE_S      after a SIGTERM/SIGINT to this script, how long the processes get to save and exit before
+#                     SIGKILL (default 120)
 #   DRY_RUN=1         print the commands, run nothing
 # Several processes on a machine with GPUs would each take all of them: set JAX_PLATFORMS=cpu for a rehearsal.
 #
 # Process i's output lines start with "[i] " (only process 0 logs training). The exit status is 0 when every process
 # exits 0; when one fails, the others are stopped (SIGTERM, then SIGKILL after GRACE_S), so a dead peer does not
 # leave them waiting for it. SIGTERM or SIGINT to this script is passed on to every process: they stop after the
-# same step and save a checkpoint. A second one kills them.
+# same step and save a checkpoint. A second one, or STOP_GRACE_S seconds without them all exiting, kills them.
+# The numbers above must be whole numbers: anything else is refused before the shell does arithmetic with it.
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+# $NAME (DEFAULT when unset or empty), refused unless a whole number >= MIN: bash evaluates `x[$(cmd)]` inside
+# $((...)), so an unchecked value could run a command.
+int_env() { # NAME DEFAULT MIN
+  local value=${!1:-$2}
+  if ! [[ $value =~ ^(0|[1-9][0-9]{0,8})$ ]] || ((value < $3)); then
+    die "$1 must be a whole number >= $3, got '$value'"
+  fi
+  printf '%s\n' "$value"
+}
+
 if [[ ${1:-} == -- ]]; then
   shift
 fi
-nproc=${NPROC:-1}
-[[ $nproc =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive integer, got '$nproc'"
-grace=${GRACE_S:-10}
+nproc=$(int_env NPROC 1 1)
+grace=$(int_env GRACE_S 10 0)
+stop_grace=$(int_env STOP_GRACE_S 120 0)
 python=$(llm_jax_python)
 cmd=("$python" -m llm_jax train "$@")
 if [[ -n ${DEVICES_PER_PROC:-} ]]; then
-  cmd+=("--config.runtime.num_cpu_devices=$DEVICES_PER_PROC")
+  cmd+=("--config.runtime.num_cpu_devices=$(int_env DEVICES_PER_PROC "" 1)")
+fi
+if [[ -n ${PORT:-} ]]; then
+  int_env PORT "" 1 >/dev/null
 fi
 
 if ((nproc == 1)); then
@@ -56,26 +72,6 @@ fi
 
 pids=()     # the training processes; "" once reaped
 printers=() # the processes that prefix their output
-for ((i = 0; i < nproc; i++)); do
-  proc_cmd=("${cmd[@]}" "--config.runtime.coordinator_address=127.0.0.1:$port" "--config.runtime.num_processes=$nproc"
-    "--config.runtime.process_id=$i")
-  if dry_run; then
-    quote "${proc_cmd[@]}"
-    continue
-  fi
-  if [[ -n ${LOG_DIR:-} ]]; then
-    exec {out}> >(tee "$LOG_DIR/process_$i.log" | awk -v p="[$i] " '{ print p $0; fflush() }')
-  else
-    exec {out}> >(awk -v p="[$i] " '{ print p $0; fflush() }')
-  fi
-  printers+=("$!")
-  "${proc_cmd[@]}" >&"$out" 2>&1 &
-  pids+=("$!")
-  exec {out}>&-
-done
-if dry_run; then
-  exit 0
-fi
 
 signal_all() { # signal every process still running
   local pid
@@ -91,16 +87,52 @@ signals=0
 on_signal() {
   signals=$((signals + 1))
   if ((signals == 1)); then
-    say "[launch] passing SIGTERM to the $nproc processes (again to kill them)"
+    say "[launch] passing SIGTERM to the $nproc processes (again, or ${stop_grace}s from now, to kill them)"
     signal_all TERM
+    if [[ -z $kill_at ]] || ((SECONDS + stop_grace < kill_at)); then
+      kill_at=$((SECONDS + stop_grace))
+    fi
   else
+    say "[launch] killing the $nproc processes"
     signal_all KILL
   fi
 }
 trap on_signal TERM INT
 
+# Each line of stdin with $1 in front, as soon as it comes (mawk, Debian's awk, holds piped input back until EOF).
+prefix() {
+  local line
+  while IFS= read -r line || [[ -n $line ]]; do
+    printf '%s%s\n' "$1" "$line"
+  done
+}
+
+for ((i = 0; i < nproc; i++)); do
+  if ((signals > 0)); then
+    break # stopped while starting: the processes started so far are signalled; start no more
+  fi
+  proc_cmd=("${cmd[@]}" "--config.runtime.coordinator_address=127.0.0.1:$port" "--config.runtime.num_processes=$nproc"
+    "--config.runtime.process_id=$i")
+  if dry_run; then
+    quote "${proc_cmd[@]}"
+    continue
+  fi
+  if [[ -n ${LOG_DIR:-} ]]; then
+    exec {out}> >(tee "$LOG_DIR/process_$i.log" | prefix "[$i] ")
+  else
+    exec {out}> >(prefix "[$i] ")
+  fi
+  printers+=("$!")
+  "${proc_cmd[@]}" >&"$out" 2>&1 &
+  pids+=("$!")
+  exec {out}>&-
+done
+if dry_run; then
+  exit 0
+fi
+
 status=0
-running=$nproc
+running=${#pids[@]}
 while ((running > 0)); do
   for i in "${!pids[@]}"; do
     pid=${pids[$i]}
