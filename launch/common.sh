@@ -53,3 +53,34 @@ llm_jax_python() {
     printf '%s\n' python3
   fi
 }
+
+# Refuse NAME unless its value is a whole number >= MIN [0]. Bash evaluates `a[$(cmd)]` inside ((...)) and $((...)),
+# so a value is checked before any arithmetic uses it, or before it is pasted into a manifest.
+require_int() { # NAME [MIN]
+  local value=${!1-}
+  if ! [[ $value =~ ^(0|[1-9][0-9]{0,8})$ ]] || ((value < ${2:-0})); then
+    die "$1 must be a whole number >= ${2:-0}, got $(printf '%q' "$value")"
+  fi
+}
+
+# The argument as a JSON string (quotes included), which is also a YAML double-quoted scalar: a newline, a quote or
+# a '#' in a value stays inside its string instead of ending or rewriting the manifest.
+json_string() {
+  local s=$1 out="" c i code
+  local LC_ALL=C # byte by byte: UTF-8 sequences pass through unchanged
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case $c in
+      '"' | '\') out+="\\$c" ;;
+      $'\n') out+='\n' ;;
+      $'\t') out+='\t' ;;
+      $'\r') out+='\r' ;;
+      [[:cntrl:]])
+        printf -v code '\\u%04x' "'$c"
+        out+=$code
+        ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '"%s"\n' "$out"
+}

@@ -12,7 +12,7 @@
 # Environment (defaults in brackets):
 #   TPU_NAME [llm-jax]  ZONE [us-east5-a]  PROJECT [gcloud's default]
 #   ACCELERATOR [v5p-128]  RUNTIME_VERSION [v2-alpha-tpuv5]   the slice type and TPU software version (create)
-#   SLICES [1]          2 or more: a multislice queued resource named TPU_NAME of SLICES nodes
+#   SLICES [1]          2 or more: a multislice queued resource named TPU_NAME of SLICES nodes (a whole number)
 #   MODEL [llama3_8b]   TOPOLOGY [tpu_v5p_128; tpu_v5p_128x2 with SLICES=2]   presets in configs/
 #   WORKDIR             required for train: a directory on a filesystem that every host mounts (Filestore NFS,
 #                       a gcsfuse mount of a bucket): every host writes its part of each checkpoint
@@ -29,6 +29,7 @@ PROJECT=${PROJECT:-}
 ACCELERATOR=${ACCELERATOR:-v5p-128}
 RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv5}
 SLICES=${SLICES:-1}
+require_int SLICES 1 # before ((SLICES == 1)) below evaluates it
 MODEL=${MODEL:-llama3_8b}
 if ((SLICES == 1)); then
   TOPOLOGY=${TOPOLOGY:-tpu_v5p_128}

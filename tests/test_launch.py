@@ -88,9 +88,48 @@ def _is_operator(token: str) -> bool:
     return bool(re.fullmatch(r"[0-9]*[<>|&;].*|\)|\}", token))
 
 
+def k8s_expand(value: str, env: dict[str, str]) -> str:
+    """What the kubelet does to a container's command and args: `$(NAME)` of a variable in the container's
+    environment becomes its value, `$$` becomes `$`, anything else is kept."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif (m := re.match(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value[i:])) and m.group(1) in env:
+            out.append(env[m.group(1)])
+            i += m.end()
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def k8s_argvs(manifest: str, env: dict[str, str] = RUNTIME_VARIABLES) -> list[list[str]]:
+    """The argv each container of a rendered JobSet runs (`bash -c SCRIPT NAME ARGS...` kept as it is)."""
+    jobset = yaml.safe_load(manifest)
+    return [[k8s_expand(a, env) for a in container["command"] + container.get("args", [])]
+            for job in jobset["spec"]["replicatedJobs"]
+            for container in job["template"]["spec"]["template"]["spec"]["containers"]]
+
+
+def _k8s_train_commands(manifest: str) -> list[list[str]]:
+    commands = []
+    for argv in k8s_argvs(manifest, {}):
+        if argv[:2] == ["bash", "-c"]:  # the script's "$@" is the list items after $0
+            script = shlex.split(argv[2])
+            at = script.index("$@")
+            argv = script[:at] + argv[4:] + script[at + 1:]
+        start = next(i + 3 for i in range(len(argv)) if argv[i:i + 3] == ["-m", "llm_jax", "train"])
+        commands.append(argv[start:])
+    return commands
+
+
 def train_commands(text: str) -> list[list[str]]:
-    """Every `llm-jax train` / `python -m llm_jax train` argument list in shell text (dry-run output or a manifest),
-    including commands quoted inside another command (gcloud --command=..., bash -c ...)."""
+    """Every `llm-jax train` / `python -m llm_jax train` argument list in shell text (dry-run output), including
+    commands quoted inside another command (gcloud --command=..., bash -c ...), or in a JobSet manifest."""
+    if re.search(r"^kind: JobSet$", text, re.MULTILINE):
+        return _k8s_train_commands(text)
     commands = []
 
     def scan(tokens: list[str]) -> None:
@@ -194,7 +233,8 @@ def test_each_kind_of_job_gets_the_runtime_flags_it_needs(tmp_path):
     ("tpu_vm.sh", "tpu_v5p_128x$SLICES", "tpu_v5p_256x$SLICES", ["tpu-multislice-train"], "unknown topology preset"),
     ("k8s/render.sh", "TOPOLOGY:-gpu_cluster", "TOPOLOGY:-gpu_clustr", ["k8s-gpu"], "unknown topology preset"),
     ("k8s/jobset-gpu.yaml", "num_processes={{NODES}}", "num_processes={{NODES}}.5", ["k8s-gpu"], "expects int"),
-    ("k8s/jobset-tpu.yaml", "--workdir={{WORKDIR}}", "--workdir={{WORKDIR}} --steps=5", ["k8s-tpu"], "rejects"),
+    ("k8s/jobset-tpu.yaml", '"--workdir={{WORKDIR}}"', '"--workdir={{WORKDIR}}", "--steps=5"', ["k8s-tpu"],
+     "rejects"),
 ])
 def test_the_check_catches_a_flag_the_cli_would_refuse(file, old, new, cases, error, tmp_path):
     launch_dir = tmp_path / "copy" / "launch"
@@ -274,3 +314,57 @@ def test_local_launcher_stops_every_process_when_one_fails_or_it_gets_sigterm(mo
         assert proc.returncode == 0, stderr
         assert all(f"[{i}] saved, stopping" in lines for i in range(3)), stdout
         assert (logs / "process_2.log").read_text() == "ready\nsaved, stopping\n"
+
+
+AWKWARD = ["--config.sample.prompt=ROMEO:\n", "--config.sample.prompt=it's \"quoted\" \\ # not a comment",
+           "--config.data.train_files=$HOME/a b/*.txt", "--config.sample.prompt=$(touch pwned) & `id` $$",
+           "--config.sample.prompt=\tkey: value\n- item\n  indented: {x: [1]}\r\n",
+           "--config.sample.prompt=é — 日本\x7f\x01"]
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_arguments_with_newlines_and_quotes_reach_llm_jax_unchanged_through_the_manifest(kind, tmp_path):
+    """The manifest parses as YAML into one JobSet, and what the pod runs (Kubernetes' $(VAR) expansion, then bash's
+    "$@" for gpu) hands llm-jax exactly the arguments given, with a workdir that is just as awkward."""
+    workdir = "/workdir/it's a \"run\"\nnext: line $(x)"
+    out = _launch("k8s/render.sh", [kind, "--", *AWKWARD], {"WORKDIR": workdir, "NAME": "job-1"}, tmp_path)
+    assert out.returncode == 0, out.stderr
+    jobset = yaml.safe_load(out.stdout)
+    assert jobset["kind"] == "JobSet" and jobset["metadata"]["name"] == "job-1"
+    (argv,) = k8s_argvs(out.stdout, env={"JOB_COMPLETION_INDEX": "3"})  # the Job controller sets it in the pod
+    if kind == "gpu":  # run the pod's bash command line for real, with a python that reports its arguments
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "python").write_text(f"#!{sys.executable}\nimport json, sys\n"
+                                        f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+        (bin_dir / "python").chmod(0o755)
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "JOB_COMPLETION_INDEX": "3"}
+        subprocess.run(argv, env=env, check=True, timeout=30)
+        argv = ["python", *json.loads((tmp_path / "argv.json").read_text())]
+        assert "--config.runtime.process_id=3" in argv
+    assert argv[:4] == ["python", "-m", "llm_jax", "train"]
+    assert f"--workdir={workdir}" in argv and argv[-len(AWKWARD):] == AWKWARD
+    assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+CRAFTED = "PATH[$(touch {marker})]"  # a set variable: with an unset one, set -u stops bash first
+
+
+@pytest.mark.parametrize(("script", "args", "variable"), [
+    ("k8s/render.sh", ["tpu"], "SLICES"), ("tpu_vm.sh", ["create"], "SLICES"), ("k8s/render.sh", ["gpu"], "NODES"),
+    ("k8s/render.sh", ["gpu"], "PORT"), ("k8s/render.sh", ["tpu"], "HOSTS_PER_SLICE"),
+])
+def test_a_number_from_the_environment_is_checked_before_the_shell_evaluates_it(script, args, variable, tmp_path):
+    marker = tmp_path / "pwned"
+    out = _launch(script, args, {variable: CRAFTED.format(marker=marker)}, tmp_path)
+    assert out.returncode == 2 and not marker.exists(), out.stderr
+    assert out.stderr.count("\n") == 1 and f"{variable} must be a whole number" in out.stderr, out.stderr
+    assert out.stdout == "" and _calls(tmp_path) == []
+    for bad in ("1.5", "08", "2\n", "-1"):  # not a whole number, octal to bash, a newline that adds YAML
+        out = _launch(script, args, {variable: bad}, tmp_path)
+        assert out.returncode == 2 and f"{variable} must be a whole number" in out.stderr, (bad, out.stderr)
+
+
+def test_the_jobset_name_must_be_a_dns_label(tmp_path):
+    out = _launch("k8s/render.sh", ["gpu"], {"NAME": "x\nspec: {}"}, tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "NAME must be a DNS label" in out.stderr

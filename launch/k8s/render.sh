@@ -15,6 +15,8 @@
 #   gpu   NODES [2], GPUS_PER_NODE [8], TOPOLOGY [gpu_cluster], PORT [1234] (the coordinator's, on pod 0)
 #   tpu   SLICES [1], TPU_ACCELERATOR [tpu-v5p-slice], TPU_TOPOLOGY [4x4x4], HOSTS_PER_SLICE [16],
 #         CHIPS_PER_HOST [4], TOPOLOGY [tpu_v5p_128; tpu_v5p_128x2 with SLICES=2]
+# Counts and ports must be whole numbers and NAME a DNS label (refused otherwise); every other value, and each
+# argument, is written as a JSON-quoted string, so a newline or a quote in it cannot end or rewrite the manifest.
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
@@ -33,24 +35,25 @@ MODEL=${MODEL:-llama3_8b}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 WORKDIR_PVC=${WORKDIR_PVC:-llm-jax-workdir}
 WORKDIR_MOUNT=${WORKDIR_MOUNT:-/workdir}
-WORKDIR=$(quote "${WORKDIR:-$WORKDIR_MOUNT/runs/$MODEL}") # it goes into a shell command line
+WORKDIR=${WORKDIR:-$WORKDIR_MOUNT/runs/$MODEL}
+# The JobSet's name also names its pods and service (and the coordinator's host name): a DNS label.
+[[ $NAME =~ ^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$ ]] ||
+  die "NAME must be a DNS label (lower-case letters, digits and '-', at most 40), got $(printf '%q' "$NAME")"
 if [[ -z $IMAGE ]]; then
   dry_run || die "set IMAGE to a container image with llm_jax installed at $REPO_DIR (launch/k8s/Dockerfile)"
   IMAGE=REGISTRY/llm-jax:$kind
 fi
-ARGS="" # the extra llm-jax train arguments, with a leading space
-if (($# > 0)); then
-  ARGS=" $(quote "$@")"
-fi
-names=(NAME IMAGE REPO_DIR MODEL WORKDIR WORKDIR_PVC WORKDIR_MOUNT MAX_RESTARTS ARGS TOPOLOGY)
+strings=(NAME IMAGE REPO_DIR MODEL TOPOLOGY WORKDIR WORKDIR_PVC WORKDIR_MOUNT) # written as JSON strings
+numbers=(MAX_RESTARTS)                                                        # written as they are, once checked
 if [[ $kind == gpu ]]; then
   NODES=${NODES:-2}
   GPUS_PER_NODE=${GPUS_PER_NODE:-8}
   TOPOLOGY=${TOPOLOGY:-gpu_cluster}
   PORT=${PORT:-1234}
-  names+=(NODES GPUS_PER_NODE PORT)
+  numbers+=(NODES GPUS_PER_NODE PORT)
 else
   SLICES=${SLICES:-1}
+  require_int SLICES 1
   TPU_ACCELERATOR=${TPU_ACCELERATOR:-tpu-v5p-slice}
   TPU_TOPOLOGY=${TPU_TOPOLOGY:-4x4x4}
   HOSTS_PER_SLICE=${HOSTS_PER_SLICE:-16}
@@ -60,13 +63,29 @@ else
   else
     TOPOLOGY=${TOPOLOGY:-tpu_v5p_128x$SLICES}
   fi
-  names+=(SLICES TPU_ACCELERATOR TPU_TOPOLOGY HOSTS_PER_SLICE CHIPS_PER_HOST)
+  strings+=(TPU_ACCELERATOR TPU_TOPOLOGY)
+  numbers+=(SLICES HOSTS_PER_SLICE CHIPS_PER_HOST)
 fi
 
 manifest=$(<"$LAUNCH_REPO/launch/k8s/jobset-$kind.yaml")
-for name in "${names[@]}"; do
-  manifest=${manifest//"{{$name}}"/"${!name}"}
+fill() { manifest=${manifest//"{{$1}}"/"$2"}; } # quoted: no '&' or pattern character of the value is special
+for name in "${numbers[@]}"; do
+  require_int "$name"
+  fill "$name" "${!name}"
 done
+for name in "${strings[@]}"; do
+  value=${!name}
+  if [[ $name == MODEL || $name == TOPOLOGY || $name == WORKDIR ]]; then # only inside args, where Kubernetes
+    value=${value//\$/\$\$}                                               # reads $(VAR) and '$$' is one '$'
+  fi
+  value=$(json_string "$value")
+  fill "$name" "${value:1:${#value}-2}" # the template has the quotes
+done
+ARGS="" # the extra llm-jax train arguments: more items of the args list, each a JSON string
+for arg in "$@"; do
+  ARGS+=", $(json_string "${arg//\$/\$\$}")"
+done
+fill ARGS "$ARGS"
 if [[ $manifest =~ \{\{[A-Z_]+\}\} ]]; then
   die "jobset-$kind.yaml has a placeholder render.sh does not fill: ${BASH_REMATCH[0]}"
 fi
