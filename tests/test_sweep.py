@@ -20,6 +20,7 @@ from llm_jax.sweep.experiment import expand_grid
 from llm_jax.sweep.report import write_report
 from tests.conftest import REPO, TRAIN_CONFIG
 from tests.test_launch import check_train_args, train_commands
+from tests.test_orphans import alive, descendants, describe, wait_all_gone
 
 # The conftest small model, as an experiment's base (values typed as in a definition file).
 BASE = {"model.num_layers": 2, "model.d_model": 64, "model.mlp_dim": 128, "model.max_seq_len": 64,
@@ -217,6 +218,39 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     assert finals[0] != finals[1]  # the seeds differ
     assert (d / "report.md").exists() and (d / "eval_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((first / "sweep.json").read_text())["settings"]["train.seed"] == 0
+
+
+def test_ctrl_c_twice_stops_every_process_of_a_multi_process_run(tmp_path, monkeypatch):
+    """The first Ctrl-C asks the run to save and stop; a second, before it has, must not leave any of its NPROC
+    training processes running on (the launcher alone dying would orphan them)."""
+    monkeypatch.setenv("NPROC", "2")
+    monkeypatch.setenv("DEVICES_PER_PROC", "1")
+    path = write_experiment(tmp_path, base={**BASE, "train.steps": 100000, "train.log_every": 1}, seeds=(0,))
+    run, log = tmp_path / "runs/ablate/rms/seed_0", tmp_path / "sweep.log"
+    with log.open("w") as out:  # a file, not a pipe: a leftover process holding the pipe open cannot hang the test
+        proc = sweep_cli("run", str(path), "--root", str(tmp_path / "runs"), stdout=out, stderr=subprocess.STDOUT)
+    below: set = set()
+    try:
+        deadline = time.monotonic() + 300
+        while not ((run / "metrics.jsonl").exists() and '"loss"' in (run / "metrics.jsonl").read_text()):
+            assert proc.poll() is None, f"the sweep exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.1)
+        below = descendants(proc.pid)
+        assert len([p for p in below if b"llm_jax" in pathlib.Path(f"/proc/{p[0]}/cmdline").read_bytes()]) >= 2
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # before the launcher has passed the first one on
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        left = wait_all_gone(below, timeout=5)
+        assert not left, f"still running after two Ctrl-C: {describe(left)}"
+        assert "sweep stopped by signal 2 during rms/seed_0" in log.read_text(), log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid, _ in {p for p in below if alive(p)}:
+            os.kill(pid, signal.SIGKILL)  # the test's own leftovers
 
 
 # --- a cluster launcher: one SLURM job per run, through launch/slurm.sbatch --------------------------------------

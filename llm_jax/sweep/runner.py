@@ -117,8 +117,9 @@ def launch_dir() -> pathlib.Path:
 
 
 class _Forward:
-    """SIGTERM/SIGINT to the sweep go to the running training process once (it saves a checkpoint and exits); the
-    sweep then stops instead of starting the next run."""
+    """SIGTERM/SIGINT to the sweep go to the run's launcher once (it passes them on; the training processes save a
+    checkpoint and exit); the sweep then stops instead of starting the next run. A second one kills the launcher's
+    whole process group: the NPROC training processes and their data workers, not the launcher alone."""
 
     def __init__(self):
         self.child: subprocess.Popen | None = None
@@ -127,8 +128,15 @@ class _Forward:
 
     def _handle(self, signum, frame) -> None:
         first, self.signal = self.signal is None, signum
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM if first else signal.SIGKILL)
+        if self.child is None or self.child.returncode is not None:
+            return
+        try:
+            if first:
+                self.child.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(self.child.pid, signal.SIGKILL)  # its own session: the group id is the launcher's pid
+        except ProcessLookupError:  # it has just ended
+            pass
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -136,7 +144,8 @@ class _Forward:
 
 
 def _run_local(args: list[str], forward: _Forward) -> int:
-    # Its own session: a Ctrl-C reaches the sweep alone, which passes it on once (no double signal).
+    # Its own session: a Ctrl-C reaches the sweep alone, which passes it on once (no double signal), and the run's
+    # processes form one group that a second Ctrl-C can kill together.
     forward.child = subprocess.Popen(["bash", str(launch_dir() / "local.sh"), "--", *args], start_new_session=True)
     try:
         return forward.child.wait()
