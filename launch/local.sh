@@ -29,29 +29,24 @@ set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# $NAME (DEFAULT when unset or empty), refused unless a whole number >= MIN: bash evaluates `x[$(cmd)]` inside
-# $((...)), so an unchecked value could run a command.
-int_env() { # NAME DEFAULT MIN
-  local value=${!1:-$2}
-  if ! [[ $value =~ ^(0|[1-9][0-9]{0,8})$ ]] || ((value < $3)); then
-    die "$1 must be a whole number >= $3, got '$value'"
-  fi
-  printf '%s\n' "$value"
-}
-
 if [[ ${1:-} == -- ]]; then
   shift
 fi
-nproc=$(int_env NPROC 1 1)
-grace=$(int_env GRACE_S 10 0)
-stop_grace=$(int_env STOP_GRACE_S 120 0)
+# Checked before any arithmetic: bash evaluates `x[$(cmd)]` inside $((...)), so an unchecked value could run cmd.
+: "${NPROC:=1}" "${GRACE_S:=10}" "${STOP_GRACE_S:=120}"
+require_int NPROC 1
+require_int GRACE_S
+require_int STOP_GRACE_S
+for name in DEVICES_PER_PROC PORT; do
+  if [[ -n ${!name:-} ]]; then
+    require_int "$name" 1
+  fi
+done
+nproc=$NPROC grace=$GRACE_S stop_grace=$STOP_GRACE_S
 python=$(llm_jax_python)
 cmd=("$python" -m llm_jax train "$@")
 if [[ -n ${DEVICES_PER_PROC:-} ]]; then
-  cmd+=("--config.runtime.num_cpu_devices=$(int_env DEVICES_PER_PROC "" 1)")
-fi
-if [[ -n ${PORT:-} ]]; then
-  int_env PORT "" 1 >/dev/null
+  cmd+=("--config.runtime.num_cpu_devices=$DEVICES_PER_PROC")
 fi
 
 if ((nproc == 1)); then
