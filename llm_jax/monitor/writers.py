@@ -22,7 +22,10 @@ RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "t
 HPARAM_METRICS = ("eval/loss", "eval/perplexity", "eval/bpb")  # what the HParams tab shows per run
 # The HParams tab's columns follow the order logged: what runs are compared by first, then the extras (num_params),
 # then the plumbing (checkpoint, data, mesh, runtime, ...).
-FIRST_HPARAM_SECTIONS = ("model", "optimizer", "train")
+# TensorBoard's HParams tab sorts its columns by name and shows a handful: only what a researcher compares goes
+# there. The whole config is in config.json and run.json.
+HPARAM_SECTIONS = ("model", "optimizer", "train")
+HPARAM_KEYS = ("data.corpus", "data.tokenizer", "data.packing", "model_preset")
 
 
 def archive_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -86,11 +89,11 @@ def flat_hparams(config: dict) -> dict[str, bool | int | float | str]:
             for k, v in flatten(config).items() if v is not None}
 
 
-def ordered_hparams(config: dict, extra: dict) -> dict[str, bool | int | float | str]:
-    """model.*, optimizer.*, train.* (each in the config's order), then `extra`, then every other key."""
+def compared_hparams(config: dict, extra: dict) -> dict[str, bool | int | float | str]:
+    """model.*, optimizer.*, train.* (in the config's order), a few data keys, then `extra` (e.g. num_params)."""
     flat = flat_hparams(config)
-    first = {k: flat[k] for s in FIRST_HPARAM_SECTIONS for k in flat if k.startswith(s + ".") and k not in extra}
-    return {**first, **extra, **{k: v for k, v in flat.items() if k not in first and k not in extra}}
+    kept = [k for s in HPARAM_SECTIONS for k in flat if k.startswith(s + ".")] + [k for k in HPARAM_KEYS if k in flat]
+    return {**{k: flat[k] for k in kept}, **extra}
 
 
 class Writers:
@@ -142,7 +145,7 @@ class Writers:
             return
         from tensorboardX.summary import hparams
 
-        experiment, start, _ = hparams(ordered_hparams(config, extra or {}), dict.fromkeys(HPARAM_METRICS, 0.0))
+        experiment, start, _ = hparams(compared_hparams(config, extra or {}), dict.fromkeys(HPARAM_METRICS, 0.0))
         for summary in (experiment, start):
             self._tb.file_writer.add_summary(summary)
 
