@@ -1,16 +1,21 @@
 """SIGTERM/SIGINT: finish the current step, save a checkpoint, exit 0. All processes stop at the same step.
 
-A second signal exits at once (a save that hangs, or a user who will not wait): that is a kill, which the
-checkpoints survive (orbax only renames a step's directory into place when it is whole).
+A second signal a while after the first exits at once (a save that hangs, or a user who will not wait): that is a
+kill, which the checkpoints survive (orbax only renames a step's directory into place when it is whole). Signals
+within a second of the first are the same request arriving twice: Ctrl-C in a terminal reaches every process of a
+local multi-process job and its launcher, which passes SIGTERM on.
 """
 
 import os
 import signal
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
+
+SAME_REQUEST_S = 1.0
 
 
 class StopRequest:
@@ -20,6 +25,7 @@ class StopRequest:
 
     def __init__(self):
         self.signal: int | None = None
+        self._first = 0.0  # when the first signal came (monotonic seconds)
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.SIGNALS:
@@ -27,12 +33,15 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
+            if time.monotonic() - self._first < SAME_REQUEST_S:
+                return
             sys.stderr.write(f"\nsignal {signum} again: exiting now without a checkpoint; the complete checkpoints "
                              "are kept and the same command resumes from the last one\n")
             sys.stderr.flush()
             os._exit(128 + signum)
-        self.signal = signum
-        sys.stderr.write(f"\nsignal {signum}: stopping after this step with a checkpoint (again to exit at once)\n")
+        self.signal, self._first = signum, time.monotonic()
+        sys.stderr.write(f"\nsignal {signum}: stopping after this step with a checkpoint (again, a second later, to "
+                         "exit at once)\n")
 
     def requested(self) -> bool:
         return self.signal is not None
