@@ -5,6 +5,7 @@ import json
 import sys
 
 from llm_jax.config import ConfigError, load_config
+from llm_jax.config.validate import check_keys
 from llm_jax.data.sources import DataError
 
 COMMANDS = {
@@ -17,14 +18,26 @@ COMMANDS = {
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
     "sweep": "run an ablation experiment's variants and seeds, then compare them: llm-jax sweep run "
              "experiments/norm.py; llm-jax sweep report experiments/norm.py",
+    "config": "list every config key: its value in the given config, the values it allows and what it means: "
+              "llm-jax config --config=configs/train.py:model=tiny",
     "plan": "will a job fit? compile its train step for the target on CPU, print memory, FLOPs and collectives "
             "per device: llm-jax plan --config=configs/train.py:model=llama3_8b,topology=h100_8",
 }
 
 
+class UsageError(SystemExit):
+    """A bad flag: main() prints it as one line (argparse would print the whole usage first). A SystemExit, as
+    argparse's own, for callers of parse_args() outside main()."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 def _config_parser(command: str, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=description or COMMANDS[command],
-                                     epilog="Any config key can be overridden with --config.a.b=VALUE.")
+    parser = Parser(prog=f"llm-jax {command}", description=description or COMMANDS[command],
+                    epilog="Any config key can be overridden with --config.a.b=VALUE (`llm-jax config` lists them).")
     parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
     return parser
 
@@ -42,6 +55,7 @@ def _parse_with_config(parser: argparse.ArgumentParser, argv: list[str]):
     flags, overrides = _split_config_flags(argv)
     args = parser.parse_args(flags)
     cfg = load_config(args.config, overrides)
+    check_keys(cfg)  # before init_runtime() reads the runtime.* keys
     init_runtime(cfg)
     return args, cfg
 
@@ -100,8 +114,8 @@ def _bench(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="llm-jax export", description=COMMANDS["export"],
-                                     epilog="Names: embedding, layers.<i>.attn.wq, ..., final_norm.scale (README).")
+    parser = Parser(prog="llm-jax export", description=COMMANDS["export"],
+                    epilog="Names: embedding, layers.<i>.attn.wq, ..., final_norm.scale (README).")
     parser.add_argument("--workdir", required=True, help="the run's workdir (or a checkpoints/<step> directory)")
     parser.add_argument("--out", required=True, help="the .safetensors file to write")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
@@ -124,9 +138,9 @@ def _export(argv: list[str]) -> int:
 
 
 def _trained_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"llm-jax {command}", description=COMMANDS[command],
-                                     epilog="The run's saved config is used; --config.a.b=VALUE changes a key of it "
-                                            "(e.g. the mesh, or data.tokenizer_path if the tokenizer moved).")
+    parser = Parser(prog=f"llm-jax {command}", description=COMMANDS[command],
+                    epilog="The run's saved config is used; --config.a.b=VALUE changes a key of it "
+                           "(e.g. the mesh, or data.tokenizer_path if the tokenizer moved).")
     parser.add_argument("--workdir", required=True,
                         help="the run's workdir, a checkpoints/<step> directory, or a .safetensors file from export")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
@@ -202,7 +216,7 @@ def _sample(argv: list[str]) -> int:
 
 
 def _tokenizer(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="llm-jax tokenizer", description=COMMANDS["tokenizer"])
+    parser = Parser(prog="llm-jax tokenizer", description=COMMANDS["tokenizer"])
     sub = parser.add_subparsers(dest="action", required=True)
     train = sub.add_parser("train", help="train a SentencePiece model (byte fallback, <pad> <bos> <eos> = 0 1 2)")
     train.add_argument("--input", required=True, action="append",
@@ -243,10 +257,13 @@ def _data(argv: list[str]) -> int:
     actions = {"prepare": "tokenize and pack the configured corpus once into ArrayRecord shards; train from them "
                           "with --config.data.corpus=prepared --config.data.prepared_dir=OUT",
                "bench": "print the tokens/s that the input pipeline alone produces"}
-    if not argv or argv[0] not in actions:
+    if argv and argv[0] in ("-h", "--help"):
         print("usage: llm-jax data {prepare,bench} --config=... [flags]\n\n" +
-              "\n".join(f"  {k:<8} {v}" for k, v in actions.items()), file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+              "\n".join(f"  {k:<8} {v}" for k, v in actions.items()))
+        return 0
+    if not argv or argv[0] not in actions:
+        got = f"unknown action '{argv[0]}'" if argv else "no action given"
+        raise UsageError(f"llm-jax data: {got}; choose prepare or bench (see llm-jax data --help)")
     action, argv = argv[0], argv[1:]
     parser = _config_parser(f"data {action}", actions[action])
     if action == "prepare":
@@ -289,6 +306,7 @@ def _plan(argv: list[str]) -> int:
     args = parser.parse_args(flags)
     # No init_runtime(): the plan runs on this machine's CPU, with as many fake devices as the target has.
     cfg = load_config(args.config, overrides)
+    check_keys(cfg)
     from llm_jax.train.plan import run
 
     run(cfg, args.config.partition(":")[0], args.devices, args.processes, args.slices, args.device_kind,
@@ -296,9 +314,23 @@ def _plan(argv: list[str]) -> int:
     return 0
 
 
+def _config(argv: list[str]) -> int:
+    from llm_jax.config.base import KEYS
+    from llm_jax.config.load import get_key
+
+    flags, overrides = _split_config_flags(argv)
+    args = _config_parser("config").parse_args(flags)
+    cfg = load_config(args.config, overrides)
+    check_keys(cfg)
+    for name, declared in KEYS.items():
+        allowed = f"; allowed: {declared.allowed()}" if declared.numeric or declared.choices else ""
+        print(f"{name} = {get_key(cfg, name)!r}  # {declared.help}{allowed}")
+    return 0
+
+
 def _sweep(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="llm-jax sweep", description=COMMANDS["sweep"],
-                                     epilog="`run` also takes --config.a.b=VALUE overrides for every run.")
+    parser = Parser(prog="llm-jax sweep", description=COMMANDS["sweep"],
+                    epilog="`run` also takes --config.a.b=VALUE overrides for every run.")
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="train every (variant, seed) not finished yet; resume the interrupted ones")
     report = sub.add_parser("report", help="write report.md (a table) and PNG plots into the experiment directory")
@@ -339,7 +371,7 @@ def _sweep(argv: list[str]) -> int:
 
 
 HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export,
-            "eval": _eval, "sample": _sample, "plan": _plan,
+            "eval": _eval, "sample": _sample, "plan": _plan, "config": _config,
             "sweep": _sweep}
 
 
@@ -357,16 +389,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
-        print(f"error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown command '{command}'; choose one of {', '.join(HANDLERS)} (llm-jax --help)",
+              file=sys.stderr)
         return 2
     try:
         return HANDLERS[command](rest)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except UsageError as e:
+        print(e, file=sys.stderr)
         return 2
-    except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
+    except Exception as e:  # bad input ends with one line and exit 2; anything else is a bug: its traceback shows
+        label = _bad_input(e)
+        if label is None:
+            raise
+        print(f"{label}{' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def _bad_input(e: Exception) -> str | None:
+    """The prefix of the one-line message for an error that bad input (flags, config, files) causes; None else."""
+    from llm_jax.checkpoint.params import CheckpointError
+
+    for kind, label in ((ConfigError, "config error: "), (DataError, "data error: "),
+                        (CheckpointError, "checkpoint error: ")):
+        if isinstance(e, kind):
+            return label
+    if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return "error: "
+    return None
 
 
 if __name__ == "__main__":

@@ -102,3 +102,15 @@ def test_second_run_in_a_workdir_resumes_and_one_without_checkpoints_keeps_the_f
     assert out.returncode == 0, out.stderr[-2000:]
     assert "moved its files to" in out.stdout  # ... and keeps the earlier run's files
     assert (tmp_path / "previous_runs" / "1" / "metrics.jsonl").read_text() == all_logs
+
+
+def test_config_lists_every_key_with_its_value_range_and_meaning():
+    from llm_jax.config.base import KEYS
+
+    out = llm_jax("config", f"--config={TRAIN_CONFIG}:model=nano,topology=cpu", "--config.optimizer.lr=3e-4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(" = ")[0] for line in lines] == list(KEYS)
+    assert "optimizer.lr = 0.0003  # peak learning rate; allowed: > 0" in lines
+    assert "optimizer.b1 = 0.9  # Adam's first-moment decay rate; allowed: in [0, 1)" in lines
+    assert "model.norm = 'layernorm'  # normalisation layer; allowed: one of: rmsnorm, layernorm" in lines  # nano's

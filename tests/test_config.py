@@ -308,3 +308,71 @@ def test_gpu_xla_flags_are_known_to_this_jaxlib():
 
     assert start(flags).returncode == 0, start(flags).stderr[-2000:]
     assert start(flags + " --xla_gpu_no_such_flag=true").returncode != 0
+
+
+# ---------------------------------------------------------------- every key against its declaration
+
+
+@pytest.mark.parametrize("override, shown, allowed", [
+    ("optimizer.b1=1.5", "optimizer.b1=1.5", "[0, 1)"),
+    ("optimizer.b2=-3", "optimizer.b2=-3", "[0, 1)"),
+    ("optimizer.eps=-1", "optimizer.eps=-1", "> 0"),
+    ("optimizer.weight_decay=-5", "optimizer.weight_decay=-5", ">= 0"),
+    ("optimizer.clip_norm=-1", "optimizer.clip_norm=-1", ">= 0"),  # -1 silently turned clipping off
+    ("model.init_std=-1", "model.init_std=-1", "> 0"),
+    ("model.norm_eps=-1", "model.norm_eps=-1", "> 0"),
+    ("model.rope_theta=0", "model.rope_theta=0", "> 0"),
+    ("train.eval_every=-3", "train.eval_every=-3", ">= 0"),
+    ("optimizer.lr=1e999", "optimizer.lr=inf", "> 0"),
+    ("model.vocab_size=17179869184", "model.vocab_size=17179869184", "2147483648"),
+])
+def test_out_of_range_values_name_the_key_value_and_range(override, shown, allowed):
+    message = _error(_check, [override], num_devices=1)
+    assert shown in message and allowed in message, message
+
+
+def test_zero_clip_norm_still_turns_clipping_off():
+    assert _check(["optimizer.clip_norm=0"], num_devices=1) == (1, 1, 1)
+
+
+def test_every_numeric_key_has_a_range_and_refuses_nan_and_inf():
+    from llm_jax.config.base import KEYS
+
+    numeric = [name for name, k in KEYS.items() if k.numeric]
+    assert len(numeric) > 50
+    for name in numeric:
+        k = KEYS[name]
+        assert (k.gt, k.ge, k.lt, k.le) != (None,) * 4, f"{name} declares no range"
+        for bad in ((math.nan, math.inf, -math.inf) if k.kind is float else ()):
+            cfg = finalize(_load(), VOCAB)
+            section, leaf = name.rsplit(".", 1)
+            cfg[section][leaf] = bad
+            assert f"{name}={bad!r}" in _error(validate, cfg, 1)
+
+
+def test_base_config_is_built_from_the_declarations():
+    from llm_jax.config.base import KEYS
+    from llm_jax.config.load import flatten
+
+    defaults = flatten(base_config().to_dict())
+    assert defaults == {name: k.default for name, k in KEYS.items()}
+    assert base_config() is not base_config()  # each call a fresh, mutable copy
+    assert "runtime.coordinator_bind_address" in defaults
+
+
+def test_a_config_file_that_adds_a_key_or_changes_a_type_is_refused(tmp_path):
+    from llm_jax.config.validate import check_keys
+
+    added = tmp_path / "added.py"
+    added.write_text("from llm_jax.config import base_config\n\n\ndef get_config():\n"
+                     "    c = base_config()\n    c.train.stepz = 3\n    return c\n")
+    assert "train.stepz" in _error(check_keys, load_config(str(added)))
+    retyped = tmp_path / "retyped.py"
+    retyped.write_text("from llm_jax.config import base_config\n\n\ndef get_config():\n"
+                       "    c = base_config()\n    c.train.steps = 2.5\n    return c\n")
+    assert "retyped.py" in _error(load_config, str(retyped))
+
+
+def test_unknown_key_suggestion_says_what_the_key_means():
+    message = _error(_load, ["optimizer.weight_decy=0.1"])
+    assert "optimizer.weight_decay (AdamW's decoupled weight decay)" in message

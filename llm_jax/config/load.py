@@ -14,23 +14,18 @@ from typing import Any
 
 import ml_collections
 
+from llm_jax.config.base import KEYS
+
 
 class ConfigError(ValueError):
     """A bad config. The message is one line that names the key and the fix."""
 
 
-def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        keys.append(prefix + k)
-        if isinstance(v, ml_collections.ConfigDict):
-            keys.extend(_all_keys(v, prefix + k + "."))
-    return keys
-
-
-def _unknown_key(cfg: ml_collections.ConfigDict, key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _all_keys(cfg), n=3)
-    hint = f"did you mean {' or '.join(close)}?" if close else "see llm_jax/config/base.py for every key"
+def unknown_key(key: str, source: str) -> ConfigError:
+    """The error for a key that base.py does not declare, with the closest declared keys and what they mean."""
+    close = difflib.get_close_matches(key, list(KEYS), n=3)
+    hint = (f"did you mean {close[0]} ({KEYS[close[0]].help})" + "".join(f" or {k}" for k in close[1:]) + "?"
+            if close else "`llm-jax config` lists every key")
     return ConfigError(f"unknown config key '{key}' (from {source}); {hint}")
 
 
@@ -79,10 +74,10 @@ def set_key(cfg: ml_collections.ConfigDict, key: str, value: Any, source: str) -
     node = cfg
     for p in parents:
         if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-            raise _unknown_key(cfg, key, source)
+            raise unknown_key(key, source)
         node = node[p]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise _unknown_key(cfg, key, source)
+        raise unknown_key(key, source)
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigError(f"config key '{key}' (from {source}) is a section; set one of its keys instead")
     node[leaf] = _coerce(node[leaf], value, key, source)
@@ -96,7 +91,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 def load_module(path: str | pathlib.Path, what: str = "config file") -> Any:
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"{what} '{path}' not found; pass e.g. --config=configs/train.py:model=tiny,topology=cpu")
+        hint = ("pass e.g. --config=configs/train.py:model=tiny,topology=cpu" if what == "config file" else
+                "check the path (relative to the current directory)")
+        raise ConfigError(f"{what} '{path}' not found; {hint}")
     spec = importlib.util.spec_from_file_location(f"_llm_jax_cfg_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -110,7 +107,11 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     module = load_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file '{path}' has no get_config() function")
-    cfg = module.get_config(arg) if arg else module.get_config()
+    try:
+        cfg = module.get_config(arg) if arg else module.get_config()
+    except (TypeError, AttributeError) as e:  # ConfigDict refuses a value of another type, or an unknown key
+        raise ConfigError(f"config file '{path}': {str(e).splitlines()[0]}; keys and types are declared in "
+                          "llm_jax/config/base.py") from None
     apply_flag_overrides(cfg, overrides)
     return cfg
 

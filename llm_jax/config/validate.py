@@ -1,42 +1,32 @@
-"""Check a config before anything compiles; every failure is one line naming the key and the fix."""
+"""Check a config before anything compiles; every failure is one line naming the key and the fix.
+
+Each key alone is checked against its declaration in base.py (`check_keys`); `validate` adds the checks that
+need several keys, the devices or the finalized (derived) sizes."""
 
 import math
 
 import ml_collections
 
-from llm_jax.config.load import ConfigError, get_key
+from llm_jax.config.base import KEYS
+from llm_jax.config.load import ConfigError, flatten, get_key, unknown_key
 
 MESH_AXES = ("data", "fsdp", "tensor")
-CHOICES = {
-    "model.norm": ("rmsnorm", "layernorm"),
-    "model.positions": ("rope", "learned"),
-    "model.mlp": ("swiglu", "gelu"),
-    "model.remat": ("none", "full", "dots"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "optimizer.schedule": ("cosine", "constant", "linear", "wsd"),
-    "data.corpus": ("shakespeare", "files", "prepared"),
-    "data.packing": ("concat", "best_fit", "pad"),
-    "data.format": ("auto", "text", "jsonl", "parquet", "arrayrecord"),
-    "data.text_split": ("file", "blank_line"),
-    "data.bad_utf8": ("replace", "skip"),
-    "data.bad_json": ("fail", "skip"),
-    "data.tokenizer": ("byte", "sentencepiece"),
-    "train.nan_policy": ("stop", "skip"),
-    "monitor.progress": ("auto", "plain"),
-    "runtime.distributed": ("auto", "on", "off"),
-}
-POSITIVE = (
-    "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.head_dim",
-    "model.mlp_dim", "model.max_seq_len",
-    "model.vocab_multiple", "train.steps", "train.global_batch", "train.seq_len", "train.grad_accum",
-    "train.log_every", "train.eval_batches", "train.spike_window", "train.max_skips_in_a_row", "data.prefetch",
-    "checkpoint.keep", "profile.start_step", "runtime.init_timeout_s", "runtime.heartbeat_timeout_s",
-)
-NON_NEGATIVE = ("data.workers", "data.threads", "checkpoint.every_steps", "checkpoint.every_minutes",
-                "checkpoint.keep_every", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
-                "sample.every_steps", "monitor.peak_tflops", "profile.steps", "train.per_device_batch",
-                "runtime.num_processes", "runtime.step_timeout_s")
+
+
+def check_keys(cfg: ml_collections.ConfigDict) -> None:
+    """Every key is one declared in base.py, and its value has the declared type and is among its choices / in its
+    range (numbers finite). Needs no devices and no finalize(): the CLI runs it right after loading the config."""
+    values = flatten(cfg.to_dict())
+    for name in values:
+        if name not in KEYS:
+            raise unknown_key(name, "the config file")
+    for name, declared in KEYS.items():
+        if name not in values:
+            raise ConfigError(f"config key '{name}' is missing; a config file must start from base_config() and only "
+                              "change values")
+        problem = declared.problem(values[name])
+        if problem:
+            raise ConfigError(f"{name}={values[name]!r} {problem} ({declared.help})")
 
 
 def mesh_axes(target) -> tuple[str, ...]:
@@ -139,15 +129,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     """Raise ConfigError on the first problem; return the resolved mesh shape. `cfg` must be finalized.
     `num_granules`: slices (TPU) or processes (GPU, CPU) that DCN axes span; default: 1 unless a DCN axis is
     set, then the process count."""
-    for key, allowed in CHOICES.items():
-        if get_key(cfg, key) not in allowed:
-            raise ConfigError(f"{key}={get_key(cfg, key)!r} is not one of: {', '.join(allowed)}")
-    for key in POSITIVE:
-        if get_key(cfg, key) <= 0:
-            raise ConfigError(f"{key}={get_key(cfg, key)} must be positive")
-    for key in NON_NEGATIVE:
-        if get_key(cfg, key) < 0:
-            raise ConfigError(f"{key}={get_key(cfg, key)} must be >= 0")
+    check_keys(cfg)
     _check_rules(cfg.sharding.rules)
     if num_granules is None:
         num_granules = process_count if uses_dcn(cfg.mesh) else 1
@@ -182,23 +164,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         raise ConfigError("data.corpus='files' needs data.train_files, e.g. --config.data.train_files='data/*.jsonl'")
     if cfg.data.corpus == "prepared" and not cfg.data.prepared_dir:
         raise ConfigError("data.corpus='prepared' needs data.prepared_dir, the --out of `llm-jax data prepare`")
-    if cfg.data.eval_holdout < 2:
-        raise ConfigError(f"data.eval_holdout={cfg.data.eval_holdout} must be >= 2")
-    if cfg.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
-    if not 0 <= cfg.optimizer.min_lr_ratio <= 1:
-        raise ConfigError(f"optimizer.min_lr_ratio={cfg.optimizer.min_lr_ratio} must be in [0, 1]")
-    if not 0 < cfg.optimizer.decay_fraction <= 1:
-        raise ConfigError(f"optimizer.decay_fraction={cfg.optimizer.decay_fraction} must be in (0, 1]")
-    if t.z_loss < 0:
-        raise ConfigError(f"train.z_loss={t.z_loss} must be >= 0")
-    if t.spike_k < 0:
-        raise ConfigError(f"train.spike_k={t.spike_k} must be >= 0 (0 turns loss-spike skipping off)")
     if cfg.profile.steps and cfg.profile.start_step + cfg.profile.steps - 1 > t.steps:
         raise ConfigError(f"profile.start_step={cfg.profile.start_step} with profile.steps={cfg.profile.steps} goes "
                           f"past train.steps={t.steps}; trace earlier steps or fewer of them")
-    if not 0 < cfg.sample.top_p <= 1:
-        raise ConfigError(f"sample.top_p={cfg.sample.top_p} must be in (0, 1]; 1 turns nucleus sampling off")
-    if cfg.optimizer.warmup_steps < 0:  # above train.steps is allowed: a short smoke run just warms up
-        raise ConfigError(f"optimizer.warmup_steps={cfg.optimizer.warmup_steps} must be >= 0")
     return mesh_shape

@@ -100,9 +100,16 @@ def tokenized_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
 
     if d.corpus == "shakespeare":
         return [encode(text_units(corpus.documents("train")))], encode(text_units(corpus.documents("validation")))
+
+    def some(docs: list, files: str, role: str) -> list:
+        if not docs:  # every document empty or skipped: refuse here, naming the files, not deep in packing
+            raise DataError(f"{files}: no {role} documents with text (all empty, or skipped as bad input); check the "
+                            f"files, data.text_field={d.text_field!r} and data.bad_json / data.bad_utf8")
+        return docs
+
     train, validation = [], []
     for group in source_groups(d.train_files):
-        docs = encode(file_units(group))
+        docs = some(encode(file_units(group)), group, "training")
         if d.eval_files:
             train.append(docs)
         else:
@@ -110,7 +117,7 @@ def tokenized_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
             train.append(kept)
             validation += held
     if d.eval_files:
-        validation = encode(file_units(d.eval_files))
+        validation = some(encode(file_units(d.eval_files)), d.eval_files, "validation")
     return train, validation
 
 

@@ -22,6 +22,7 @@ from llm_jax.models import build_model
 from llm_jax.parallel.mesh import mesh_for, mesh_granules
 from llm_jax.parallel.sharding import batch_sharding, replicated
 from llm_jax.train.evaluate import Evaluator, make_evaluator
+from llm_jax.train.fits import check_fits
 from llm_jax.train.guard import GuardOptions
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
@@ -89,8 +90,9 @@ def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None, prepa
     """`prepared`: the result of prepare(cfg, devices) if the caller already has it."""
     cfg, mesh, model, tokenizer, params_sh = prepared or prepare(cfg, devices)
     t = cfg.train
-    data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     tx, options = optimizer_and_options(cfg)
+    check_fits(cfg, model, tx, params_sh, mesh)  # here, not in prepare(): `llm-jax plan` sizes bigger jobs
+    data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
     batch_sh = batch_sharding(mesh, rules)

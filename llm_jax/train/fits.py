@@ -1,0 +1,64 @@
+"""Will the training state fit in the devices' memory? Counted from abstract shapes and the parameter shardings
+before anything is allocated, so a model far too big ends with one line (the estimate and the limit) instead of an
+allocation failure deep inside XLA.
+
+Only parameters and optimizer state are counted: gradients and activations come on top, so a refusal here is
+certain, and passing here is no promise (`llm-jax plan` compiles the step and reports the whole).
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from llm_jax.config.load import ConfigError
+from llm_jax.config.validate import mesh_axes
+from llm_jax.monitor.hardware import GIB, physical_memory_bytes
+from llm_jax.train.state import abstract_params
+
+
+def _bytes_on_one_device(leaf: jax.ShapeDtypeStruct, sharding: NamedSharding) -> int:
+    """The largest shard (rounded up where a dimension does not divide, which shard_shape() would refuse)."""
+    spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
+    ways = [math.prod(sharding.mesh.shape[a] for a in mesh_axes(entry)) for entry in spec]
+    return math.prod(-(-dim // n) for dim, n in zip(leaf.shape, ways, strict=True)) * leaf.dtype.itemsize
+
+
+def state_bytes(model: nn.Module, seq_len: int, tx: optax.GradientTransformation,
+                params_sh: Any) -> tuple[int, int]:
+    """(parameter count, bytes of parameters + optimizer state on one device), from shapes only."""
+    params = nn.unbox(abstract_params(model, seq_len))
+    opt = jax.eval_shape(tx.init, params)
+    # Optimizer moments are sharded like their parameters (as create_train_state places them); scalars replicated.
+    opt_bytes = optax.tree_map_params(tx, _bytes_on_one_device, opt, params_sh,
+                                      transform_non_params=lambda x: x.size * x.dtype.itemsize)
+    param_bytes = jax.tree.map(_bytes_on_one_device, params, params_sh)
+    count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+    return count, sum(jax.tree.leaves(param_bytes)) + sum(jax.tree.leaves(opt_bytes))
+
+
+def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, params_sh: Any,
+               mesh: Mesh) -> None:
+    """Raise ConfigError when parameters + optimizer state exceed a device's memory (on CPU: the RAM that this
+    process's CPU devices share). Devices that do not report their memory are not checked."""
+    count, per_device = state_bytes(model, cfg.train.seq_len, tx, params_sh)
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    if local[0].platform == "cpu":
+        need, have = per_device * len(local), physical_memory_bytes()
+        where = f"this host's RAM (shared by its {len(local)} CPU device(s)) is"
+    else:
+        have = (local[0].memory_stats() or {}).get("bytes_limit")
+        if not have:
+            return
+        need, where = per_device, f"one {local[0].device_kind} has"
+    if need > have:
+        m = cfg.model
+        raise ConfigError(
+            f"the training state does not fit: {count:,} parameters with their optimizer state need "
+            f"{need / GIB:,.1f} GiB but {where} {have / GIB:,.1f} GiB; shrink the model (model.vocab_size="
+            f"{m.vocab_size}, model.d_model={m.d_model}, model.num_layers={m.num_layers}, model.mlp_dim="
+            f"{m.mlp_dim}), shard it over more devices (mesh.fsdp), or see `llm-jax plan`")
