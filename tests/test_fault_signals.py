@@ -29,10 +29,17 @@ def _wait_for(condition, proc, what, timeout=120):
         time.sleep(0.005)
 
 
+def _catches(pid, sig):
+    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (sig - 1)))
+
+
 def test_a_signal_during_set_up_stops_before_the_first_step_and_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     proc = _start(workdir, "--config.train.steps=50")
-    _wait_for(workdir.exists, proc, "set-up began")  # the workdir check is the first thing train() does
+    _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), proc, "set-up began")  # train() sets its handlers first
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]

@@ -55,16 +55,21 @@ def run_meta(run: Run) -> dict:
 
 
 def check_writable(workdir: pathlib.Path) -> None:
-    """A workdir (and its checkpoints/) that cannot be written is an error before setup, not after compilation."""
-    for directory in (workdir, workdir / "checkpoints"):
-        probe = directory / f".write-test-{os.getpid()}"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"--workdir {workdir}: cannot write to {directory} ({e.strerror or e}); choose a "
-                              "writable --workdir or fix its permissions") from None
+    """A workdir that cannot be written is an error before set-up, not after compilation. Directories made to
+    find out are removed again: a run refused later for bad input leaves nothing behind."""
+    made = [d for d in (*reversed(workdir.absolute().parents), workdir.absolute()) if not d.exists()]
+    probe = workdir / f".write-test-{os.getpid()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir}: cannot write to {e.filename or workdir} ({e.strerror or e}); "
+                          "choose a writable --workdir or fix its permissions") from None
+    finally:
+        for d in reversed(made):
+            if d.is_dir():
+                d.rmdir()
 
 
 def init_from(run: Run, path: str) -> int | None:
@@ -167,19 +172,27 @@ def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpoint
     return writers, peak
 
 
+def _checkpointer(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, cleanup: contextlib.ExitStack) -> Checkpointer:
+    ckpt = Checkpointer(workdir, cfg.checkpoint)
+    cleanup.callback(ckpt.close)
+    cleanup.callback(ckpt.wait)
+    return ckpt
+
+
 def _set_up(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, devices: list | None,
             cleanup: contextlib.ExitStack) -> tuple[Run, Checkpointer, ResumePoint]:
     """Checks first (workdir, config, the checkpoint to resume and its config), then the run, then the restore.
     What needs closing is pushed on `cleanup`."""
     check_writable(workdir)
     prepared = prepare(cfg, devices)
-    ckpt = Checkpointer(workdir, prepared.cfg.checkpoint)
-    cleanup.callback(ckpt.close)
-    cleanup.callback(ckpt.wait)
-    say = print if jax.process_index() == 0 else lambda _: None
-    point = choose(ckpt, json.loads(prepared.cfg.to_json_best_effort()), prepared.tokenizer.identity(), say)
+    point, ckpt = ResumePoint(0, {}), None
+    if (workdir / "checkpoints").is_dir():  # else nothing to resume, and nothing is written before the data checks
+        ckpt = _checkpointer(workdir, prepared.cfg, cleanup)
+        say = print if jax.process_index() == 0 else lambda _: None
+        point = choose(ckpt, json.loads(prepared.cfg.to_json_best_effort()), prepared.tokenizer.identity(), say)
     run = build_run(cfg, devices, prepared)
     cleanup.callback(run.data.train.close)
+    ckpt = ckpt or _checkpointer(workdir, prepared.cfg, cleanup)
     if point.step:
         run.state, data_state = restore(ckpt, point, run.state, run.state_sharding)
         run.data.train.set_state(data_state)
