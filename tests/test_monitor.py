@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import pathlib
 import re
 import subprocess
 import time
@@ -187,16 +188,22 @@ def test_peak_flops_from_the_table_an_override_or_a_timed_matmul():
     assert peak_flops(devices, "float32", peak_tflops=2.0) == (8e12, "monitor.peak_tflops")
     measured, source = peak_flops(devices, "float32", cpu_matmul=256)
     assert "timed" in source
-    # Against the same matmul in NumPy (its BLAS on the same cores): XLA's is neither 5x faster nor 20x slower.
-    # The 4 fake devices share one CPU, so the figure is counted once, not 4 times.
+    # Below what the cores can do at all: two 512-bit FMA units a core (64 float32 FLOPs a cycle) at the fastest
+    # clock /proc/cpuinfo lists (5 GHz where it lists none). The 4 fake devices share one CPU, so the figure is
+    # counted once, not 4 times (that would break this bound on a 2-core machine).
+    mhz = [float(line.split(":")[1]) for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+           if line.startswith("cpu MHz")] or [5000.0]
+    ceiling = os.cpu_count() * max(mhz) * 1e6 * 64
+    # Above a twentieth of the same matmul in NumPy (its BLAS on the same cores; slowed down by other load, this
+    # bound only gets looser).
     a, b = (np.random.default_rng(i).standard_normal((256, 256), dtype=np.float32) for i in (0, 1))
     best = float("inf")
-    for _ in range(10):
+    for _ in range(20):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
     numpy_peak = 2 * 256**3 / best
-    assert numpy_peak / 20 < measured < 5 * numpy_peak, (measured, numpy_peak)
+    assert numpy_peak / 20 < measured < ceiling, (measured, numpy_peak, ceiling)
 
 
 def test_reading_events_drops_what_a_resumed_run_logged_again(tmp_path):
