@@ -33,6 +33,8 @@ def _coerce(old: Any, value: Any, key: str, source: str) -> Any:
     """Convert `value` (a string from the command line, or a Python value) to the type of the default."""
     if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"
+    if isinstance(old, float) and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf"):
+        value = float(value)  # a float all the same: the range check then says it must be finite
     if isinstance(value, str) and not isinstance(old, str):
         try:
             value = ast.literal_eval(value)

@@ -2,8 +2,10 @@
 before anything is allocated, so a model far too big ends with one line (the estimate and the limit) instead of an
 allocation failure deep inside XLA.
 
-Only parameters and optimizer state are counted: gradients and activations come on top, so a refusal here is
-certain, and passing here is no promise (`llm-jax plan` compiles the step and reports the whole).
+Counted: parameters, optimizer state, and a floor under the activations (the float32 logits and one residual
+stream per layer for each token a device holds, which the backward pass needs whatever the remat policy).
+Gradients and the rest come on top, so a refusal here is certain, and passing here is no promise (`llm-jax plan`
+compiles the step and reports the whole).
 """
 
 import math
@@ -41,11 +43,20 @@ def state_bytes(model: nn.Module, seq_len: int, tx: optax.GradientTransformation
     return count, sum(jax.tree.leaves(param_bytes)) + sum(jax.tree.leaves(opt_bytes))
 
 
+def activation_floor_bytes(cfg: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """Bytes that one device's micro-batch needs at least: float32 logits and a residual per layer per token."""
+    t, m = cfg.train, cfg.model
+    batch_ways = math.prod(mesh.shape[a] for r in cfg.sharding.rules if r[0] == "batch" for a in mesh_axes(r[1]))
+    rows = -(-t.global_batch // t.grad_accum // batch_ways)
+    return rows * t.seq_len * (m.vocab_size + m.d_model * m.num_layers) * 4
+
+
 def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, params_sh: Any,
                mesh: Mesh) -> None:
     """Raise ConfigError when parameters + optimizer state exceed a device's memory (on CPU: the RAM that this
     process's CPU devices share). Devices that do not report their memory are not checked."""
     count, per_device = state_bytes(model, cfg.train.seq_len, tx, params_sh)
+    per_device += activation_floor_bytes(cfg, mesh)
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     if local[0].platform == "cpu":
         need, have = per_device * len(local), physical_memory_bytes()
@@ -58,7 +69,8 @@ def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.Gradi
     if need > have:
         m = cfg.model
         raise ConfigError(
-            f"the training state does not fit: {count:,} parameters with their optimizer state need "
-            f"{need / GIB:,.1f} GiB but {where} {have / GIB:,.1f} GiB; shrink the model (model.vocab_size="
-            f"{m.vocab_size}, model.d_model={m.d_model}, model.num_layers={m.num_layers}, model.mlp_dim="
-            f"{m.mlp_dim}), shard it over more devices (mesh.fsdp), or see `llm-jax plan`")
+            f"the training state does not fit: {count:,} parameters with their optimizer state and the activations "
+            f"of {cfg.train.global_batch:,} x {cfg.train.seq_len} tokens per step need at least {need / GIB:,.1f} GiB "
+            f"but {where} {have / GIB:,.1f} GiB; shrink the model (model.vocab_size={m.vocab_size}, model.d_model="
+            f"{m.d_model}, model.num_layers={m.num_layers}, model.mlp_dim={m.mlp_dim}) or the batch "
+            f"(train.global_batch, train.grad_accum), shard over more devices (mesh.fsdp), or see `llm-jax plan`")
