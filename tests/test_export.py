@@ -110,7 +110,7 @@ def test_init_from_is_checked_before_training(trained, tmp_path):
     workdir, out = trained
     cfg = _config()
     cfg.checkpoint.init_from = str(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .*nowhere holds no complete checkpoint"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .*nowhere does not exist"):
         train(cfg, tmp_path / "a", DEVICES)
     for source in (str(workdir), str(out)):
         cfg = _config(mlp_dim=96)

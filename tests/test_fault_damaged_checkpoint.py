@@ -90,11 +90,61 @@ def test_a_whole_checkpoint_that_fails_to_restore_is_reported_and_not_skipped(tm
     original = target.read_bytes()
     target.write_bytes(bytes(len(original)))  # same size: not damage that can be proven, so not skipped
 
-    with pytest.raises(CheckpointError, match=r"restoring .*checkpoints/6 failed .*its files are whole, so it was "
-                                              r"not skipped and nothing was deleted"):
+    with pytest.raises(CheckpointError, match=r"restoring .*checkpoints/6 failed .*its files are all there with their "
+                                              r"sizes, so it was not skipped and nothing was deleted.*\(mv "):
         train(_config(), run, jax.devices()[:1])
     assert _steps(run) == [4, 6] and _aside(run) == []
 
     target.write_bytes(original)  # the cause is fixed (a flaky read, say): the same command resumes from 6
     resumed = train(_config(), run, jax.devices()[:1])
     assert resumed.start_step == 6 and resumed.train_losses == whole.train_losses[6:]
+
+
+def test_a_stray_file_named_like_a_step_is_moved_aside_not_overwritten(tmp_path, uninterrupted, capsys):
+    whole_dir, whole = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    shutil.rmtree(run / "checkpoints" / "8")
+    (run / "checkpoints" / "8").write_text("notes of mine\n")  # the step the resumed run will save
+
+    resumed = train(_config(), run, jax.devices()[:1])
+    assert resumed.start_step == 6 and resumed.train_losses == whole.train_losses[6:]
+    assert f"{run / 'checkpoints' / '8'} is not a checkpoint; moved it to 8.damaged-" in capsys.readouterr().out
+    (kept,) = (run / "checkpoints").glob("8.damaged-*")
+    assert kept.read_text() == "notes of mine\n" and _steps(run) == [4, 6, 8]
+
+
+def test_a_checkpoint_directory_renamed_by_hand_is_refused(tmp_path, uninterrupted):
+    whole_dir, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    shutil.copytree(run / "checkpoints" / "6", run / "checkpoints" / "9")  # the state inside is step 6's
+    with pytest.raises(ResumeRefusedError, match=r"checkpoints/9 holds the state of step 6, not 9"):
+        train(_config(steps=12), run, jax.devices()[:1])
+    assert _steps(run) == [4, 6, 8, 9]
+
+
+def test_a_whole_checkpoint_whose_config_does_not_parse_is_one_line_and_left_in_place(tmp_path, uninterrupted):
+    whole_dir, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    meta = run / "checkpoints" / "8" / "meta" / "metadata"
+    meta.write_bytes(b"x" * meta.stat().st_size)  # same size: whole as far as the file list can tell
+    with pytest.raises(CheckpointError, match=r"reading the saved config of .*checkpoints/8 failed \(JSONDecodeError"
+                                              r".* move it aside \(mv .*checkpoints/8 .*checkpoints/8.damaged\)"):
+        train(_config(steps=10), run, jax.devices()[:1])
+    assert _steps(run) == [4, 6, 8] and _aside(run) == []
+
+
+def test_eval_skips_a_damaged_latest_checkpoint_and_names_a_damaged_one_it_is_given(tmp_path, uninterrupted, capsys):
+    from llm_jax.cli import main
+
+    whole_dir, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(whole_dir, run)
+    _cut(_largest_array_file(run / "checkpoints" / "8"))
+    assert main(["eval", f"--workdir={run}"]) == 0
+    assert f"{run / 'checkpoints' / '6'} (step 6): validation loss" in capsys.readouterr().out
+    assert main(["eval", f"--workdir={run}", "--step=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'checkpoints' / '8'} is damaged (" in err[0] and "--step=N" in err[0], err

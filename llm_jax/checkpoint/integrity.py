@@ -65,3 +65,22 @@ def move_aside(step_dir: pathlib.Path) -> pathlib.Path:
 
 def moved_aside(checkpoints: pathlib.Path) -> list[pathlib.Path]:
     return sorted(checkpoints.glob("*.damaged-*")) if checkpoints.is_dir() else []
+
+
+RESUME_SKIPS = "run the same command again: it is moved aside and the one before it is used"
+
+
+def unreadable(where: pathlib.Path, doing: str, error: Exception, process_index: int = 0,
+               when_damaged: str = RESUME_SKIPS) -> str:
+    """One line for a checkpoint that failed to load: what failed, whether its files are damaged, and what to do.
+    Whole files are not skipped on their own (the cause may pass): the line says how to set it aside by hand."""
+    text = str(error).split(" See full TensorStore details")[0]  # what follows is a repr of the whole spec
+    cause = f"{type(error).__name__}: {' '.join(text.split())[:240]}"
+    problems = damage(where, process_index)
+    if problems:
+        return f"{doing} {where} failed ({cause}); its files are damaged ({'; '.join(problems[:3])}); {when_damaged}"
+    checked = ("its files are all there with their sizes" if (where / MANIFEST).is_file()
+               else "it has no file list to check it against (it was written just before a kill)")
+    return (f"{doing} {where} failed ({cause}); {checked}, so it was not skipped and nothing was deleted. If the "
+            "cause passes (memory, I/O, permissions), run the same command again; if the checkpoint itself is bad, "
+            f"move it aside (mv {where} {where}.damaged) and the same command uses the one before")

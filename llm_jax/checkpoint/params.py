@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from llm_jax.checkpoint import safetensors
+from llm_jax.checkpoint.integrity import damage, unreadable
 
 STACKED = "layers."  # the scanned stack's prefix: its arrays have a leading layer axis
 UNROLLED = re.compile(r"^layer_(\d+)\.")
@@ -92,17 +93,27 @@ def check_same_shapes(saved, now, where: pathlib.Path) -> None:
                               "with (see its config.json), or a new workdir")
 
 
+EARLIER = "give an earlier one with --step=N (`llm-jax train` on the run moves a damaged one aside)"
+
+
 def find_step_dir(path: str | pathlib.Path) -> pathlib.Path:
-    """A checkpoint step directory from a run's workdir, its checkpoints/ directory, or the step directory."""
+    """A checkpoint step directory from a run's workdir (its latest whole checkpoint), its checkpoints/ directory,
+    or the step directory."""
     path = pathlib.Path(path).absolute()  # orbax reads relative paths as nothing (no metadata, no error)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a run's workdir, its checkpoints/ directory, a "
+                              "checkpoints/<step> directory, or a .safetensors file from `llm-jax export`")
     if (path / "state").is_dir():
+        problems = damage(path)
+        if problems:
+            raise CheckpointError(f"{path} is damaged ({'; '.join(problems[:3])}); {EARLIER}")
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "state").is_dir()),
-                   reverse=True) if root.is_dir() else []
+    steps = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "state").is_dir()
+                    and not damage(p)), reverse=True) if root.is_dir() else []
     if not steps:
-        raise CheckpointError(f"{path} holds no complete checkpoint; give a run's workdir, its checkpoints/ directory, "
-                          "a checkpoints/<step> directory, or a .safetensors file from `llm-jax export`")
+        raise CheckpointError(f"{path} holds no whole checkpoint; give a run's workdir, its checkpoints/ directory, "
+                              "a checkpoints/<step> directory, or a .safetensors file from `llm-jax export`")
     return root / str(steps[0])
 
 
@@ -118,14 +129,23 @@ logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
 
 
 def read_meta(step_dir: pathlib.Path) -> dict:
-    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
+    try:
+        return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
+    except Exception as e:  # orbax raises many kinds for a file it cannot read
+        raise CheckpointError(unreadable(step_dir, "reading the saved config of", e, when_damaged=EARLIER)) from e
 
 
 def saved_tree(step_dir: pathlib.Path):
     """The checkpoint's state tree, with shapes and dtypes, read from its metadata."""
-    metadata = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).metadata(step_dir / "state")
-    tree = getattr(metadata, "item_metadata", metadata)
-    return getattr(tree, "tree", tree)
+    try:
+        metadata = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).metadata(step_dir / "state")
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = getattr(tree, "tree", tree)
+        if tree is None:  # orbax only logs a warning when it cannot read it
+            raise FileNotFoundError("orbax found no array metadata")
+    except Exception as e:
+        raise CheckpointError(unreadable(step_dir, "reading the array list of", e, when_damaged=EARLIER)) from e
+    return tree
 
 
 def abstract_like(tree, shardings) -> Any:
@@ -142,7 +162,10 @@ def restore_params(step_dir: pathlib.Path, abstract) -> Any:
     target = {"params": abstract}
     args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                   partial_restore=True)
-    restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(step_dir / "state", args=args)
+    try:
+        restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(step_dir / "state", args=args)
+    except Exception as e:
+        raise CheckpointError(unreadable(step_dir, "reading the parameters of", e, when_damaged=EARLIER)) from e
     return restored["params"]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from llm_jax.checkpoint.integrity import damage, move_aside, moved_aside
+from llm_jax.checkpoint.integrity import MANIFEST, damage, move_aside, moved_aside, unreadable, write_manifest
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, arrays_of, check_compatible
 from llm_jax.config.base import base_config
 from llm_jax.config.load import flatten
@@ -65,6 +65,7 @@ def shown(changes: dict[str, list]) -> str:
 def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) -> ResumePoint:
     """The newest checkpoint whole on every process (damaged ones moved aside), checked against this run's config
     (`cfg_json`, the finalized config as JSON). Cheap: reads file sizes and the saved config only."""
+    _move_strays(ckpt, say)
     for step in sorted(ckpt.all_steps(), reverse=True):
         where = ckpt.directory / str(step)
         problems = damage(where, jax.process_index())
@@ -77,7 +78,10 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
             _sync("llm_jax_moved_aside")
             ckpt.reload()
             continue
-        meta = ckpt.read_meta(step)
+        try:
+            meta = ckpt.read_meta(step)
+        except Exception as e:  # whole files that do not parse: not provably damaged, so not skipped
+            raise CheckpointError(unreadable(where, "reading the saved config of", e, jax.process_index())) from e
         try:
             check_compatible(meta, tokenizer_identity, where)
         except CheckpointError as e:
@@ -94,6 +98,19 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
                                  f"({', '.join(p.name for p in aside)}); this run is not started over on its own: "
                                  "delete or move them to start over in this workdir, or use a new --workdir")
     return ResumePoint(0, {})
+
+
+def _move_strays(ckpt: Checkpointer, say) -> None:
+    """Entries named like a step that orbax does not list as a checkpoint (a file named '8', say) would be
+    overwritten when that step is saved: they are moved aside first."""
+    listed = set(ckpt.all_steps())
+    strays = [p for p in sorted(ckpt.directory.iterdir()) if p.name.isdigit() and int(p.name) not in listed]
+    if strays and jax.process_index() == 0:
+        for path in strays:
+            say(f"warning: {path} is not a checkpoint; moved it to {move_aside(path).name} so that saving step "
+                f"{path.name} cannot overwrite it")
+    if strays:
+        _sync("llm_jax_strays_moved")
 
 
 def _sync(name: str) -> None:
@@ -119,10 +136,9 @@ def _arrays_by_name(tree) -> dict[str, tuple[tuple[int, ...], str]]:
             for path, x in leaves}
 
 
-def check_structure(ckpt: Checkpointer, step: int, state: Any, changes: dict[str, list]) -> None:
+def check_structure(where: pathlib.Path, saved_tree: Any, state: Any, changes: dict[str, list]) -> None:
     """Refuse a saved state whose arrays (names, shapes, dtypes) differ from the state this config builds."""
-    where = ckpt.directory / str(step)
-    saved = _arrays_by_name(ckpt.manager.item_metadata(step)["state"])
+    saved = _arrays_by_name(saved_tree)
     now = _arrays_by_name(arrays_of(state))
     problems = []
     if saved.keys() - now.keys():
@@ -142,22 +158,25 @@ def check_structure(ckpt: Checkpointer, step: int, state: Any, changes: dict[str
 def restore(ckpt: Checkpointer, point: ResumePoint, state: Any, shardings: Any) -> tuple[Any, dict]:
     """The chosen checkpoint's state and data position. A failure is raised on every process (none goes on
     alone), and the checkpoint stays where it is."""
-    check_structure(ckpt, point.step, state, point.changes)
     where, error = ckpt.directory / str(point.step), None
+    try:
+        saved = ckpt.manager.item_metadata(point.step)["state"]
+    except Exception as e:
+        raise CheckpointError(unreadable(where, "reading the array list of", e, jax.process_index())) from e
+    check_structure(where, saved, state, point.changes)
     try:
         restored = ckpt.restore(point.step, state, shardings)
     except Exception as e:  # what failed is told below; nothing is skipped
         error = e
     (failed,) = agree_any(error is not None)
-    if not failed:
-        return restored
-    problems = damage(where, jax.process_index())
-    if error is None:
-        raise CheckpointError(f"restoring {where} failed on another process; see its log")
-    cause = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"  # one line
-    if problems:
-        raise CheckpointError(f"restoring {where} failed ({cause}); its files are damaged ({'; '.join(problems[:3])})"
-                              "; run the same command again: it is moved aside and the one before it is used")
-    raise CheckpointError(f"restoring {where} failed ({cause}); its files are whole, so it was not skipped and "
-                          "nothing was deleted: fix the cause (memory, I/O, permissions) and run the same command "
-                          "again") from error
+    if failed:
+        if error is None:
+            raise CheckpointError(f"restoring {where} failed on another process; see its log")
+        raise CheckpointError(unreadable(where, "restoring", error, jax.process_index())) from error
+    saved_step = int(jax.device_get(restored[0].step))
+    if saved_step != point.step:
+        raise ResumeRefusedError(f"{where} holds the state of step {saved_step}, not {point.step} (renamed or copied "
+                                 f"by hand?); rename it to {saved_step} or move it out of {ckpt.directory}")
+    if jax.process_index() == 0 and not (where / MANIFEST).is_file():
+        write_manifest(where)  # it restored, so it is whole: from now on a lost file is seen as damage
+    return restored
