@@ -44,6 +44,7 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     (["train", CFG, "--workdir={w}", "--config.optimizer.lr=1e999"], "optimizer.lr=inf"),
     (["train", CFG, "--workdir={w}", "--config.model.vocab_size=17179869184"], "model.vocab_size=17179869184"),
     (["train", CFG, "--workdir={w}", "--config.optimizer.lr=nan"], "optimizer.lr=nan"),
+    (["train", CFG, "--workdir={d}/text.txt"], "text.txt is a file, not a directory"),
     # a batch whose activations alone need terabytes (it allocated 18 GB before it was refused)
     (["train", CFG, "--workdir={w}", "--config.train.global_batch=99999999999"], "train.global_batch"),
     # a vocabulary that int32 ids can hold, but whose embedding alone is ~8 TiB: refused with the estimate

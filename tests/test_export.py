@@ -118,3 +118,13 @@ def test_init_from_is_checked_before_training(trained, tmp_path):
         with pytest.raises(CheckpointError, match=r"holds another model: .*mlp.*(checkpoint|file) \(.*128\), "
                                                   r"model \(.*96\)"):
             train(cfg, tmp_path / "b", DEVICES)
+
+
+def test_export_to_a_directory_is_one_line_and_leaves_no_half_file(trained, tmp_path, capsys):
+    workdir, _ = trained
+    target = tmp_path / "out"
+    target.mkdir()
+    assert main(["export", f"--workdir={workdir}", f"--out={target}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a directory" in err[0] and str(target) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no out.tmp left beside it"

@@ -30,12 +30,18 @@ def write(path: str | pathlib.Path, tensors: dict[str, np.ndarray], metadata: di
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory; give a file name ending in .safetensors", str(path))
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for array in tensors.values():
-            f.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for array in tensors.values():
+                f.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no half file behind
+        raise
 
 
 class SafetensorsError(ValueError):

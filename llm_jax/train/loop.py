@@ -57,6 +57,8 @@ def run_meta(run: Run) -> dict:
 def check_writable(workdir: pathlib.Path) -> None:
     """A workdir that cannot be written is an error before set-up, not after compilation. Directories made to
     find out are removed again: a run refused later for bad input leaves nothing behind."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory; give a directory (new or a run's)")
     made = [d for d in (*reversed(workdir.absolute().parents), workdir.absolute()) if not d.exists()]
     probe = workdir / f".write-test-{os.getpid()}"
     try:
