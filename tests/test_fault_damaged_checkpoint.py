@@ -109,8 +109,9 @@ def test_a_stray_file_named_like_a_step_is_moved_aside_not_overwritten(tmp_path,
 
     resumed = train(_config(), run, jax.devices()[:1])
     assert resumed.start_step == 6 and resumed.train_losses == whole.train_losses[6:]
-    assert f"{run / 'checkpoints' / '8'} is not a checkpoint; moved it to 8.damaged-" in capsys.readouterr().out
-    (kept,) = (run / "checkpoints").glob("8.damaged-*")
+    out = capsys.readouterr().out
+    assert f"{run / 'checkpoints' / '8'} is not a checkpoint; moved it to 8.not-a-checkpoint-" in out
+    (kept,) = (run / "checkpoints").glob("8.not-a-checkpoint-*")
     assert kept.read_text() == "notes of mine\n" and _steps(run) == [4, 6, 8]
 
 

@@ -50,15 +50,15 @@ def damage(step_dir: pathlib.Path, process_index: int = 0) -> list[str]:
     return problems
 
 
-def move_aside(step_dir: pathlib.Path) -> pathlib.Path:
-    """Rename a damaged checkpoint out of the way (kept for inspection, never deleted): its step can be saved again,
-    and orbax no longer lists it."""
+def move_aside(step_dir: pathlib.Path, why: str = "damaged") -> pathlib.Path:
+    """Rename a damaged checkpoint (or an entry that is no checkpoint: `why`) out of the way, kept for inspection,
+    never deleted: its step can be saved again, and orbax no longer lists it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = step_dir.with_name(f"{step_dir.name}.damaged-{stamp}")
+    dest = step_dir.with_name(f"{step_dir.name}.{why}-{stamp}")
     n = 1
     while dest.exists():
         n += 1
-        dest = step_dir.with_name(f"{step_dir.name}.damaged-{stamp}-{n}")
+        dest = step_dir.with_name(f"{step_dir.name}.{why}-{stamp}-{n}")
     os.replace(step_dir, dest)
     return dest
 

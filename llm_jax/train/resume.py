@@ -107,8 +107,9 @@ def _move_strays(ckpt: Checkpointer, say) -> None:
     strays = [p for p in sorted(ckpt.directory.iterdir()) if p.name.isdigit() and int(p.name) not in listed]
     if strays and jax.process_index() == 0:
         for path in strays:
-            say(f"warning: {path} is not a checkpoint; moved it to {move_aside(path).name} so that saving step "
-                f"{path.name} cannot overwrite it")
+            dest = move_aside(path, "not-a-checkpoint")
+            say(f"warning: {path} is not a checkpoint; moved it to {dest.name} so that saving step {path.name} "
+                "cannot overwrite it")
     if strays:
         _sync("llm_jax_strays_moved")
 
