@@ -1,69 +1,18 @@
 """`llm-jax <command> [flags]`. Config flags follow ml_collections: --config=FILE[:ARG] --config.a.b=VALUE."""
 
-import argparse
-import json
 import sys
 
+from llm_jax.cli_parse import COMMANDS, Parser, UsageError, config_parser, parse_with_config, split_config_flags
+from llm_jax.cli_trained import eval_command, export_command, sample_command
 from llm_jax.config import ConfigError, load_config
 from llm_jax.config.validate import check_keys
 from llm_jax.data.sources import DataError
 
-COMMANDS = {
-    "train": "train a model: llm-jax train --config=configs/train.py:model=tiny,topology=cpu --workdir=runs/x",
-    "tokenizer": "train a SentencePiece tokenizer, or encode/decode with one: llm-jax tokenizer train --help",
-    "bench": "time the train step, print tokens/s and MFU: llm-jax bench --config=configs/train.py:model=nano",
-    "eval": "evaluate a saved checkpoint on the run's validation batches: llm-jax eval --workdir=runs/x [--step=N]",
-    "sample": "continue prompts with a trained model: llm-jax sample --workdir=runs/x --prompt='ROMEO:'",
-    "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
-    "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
-    "sweep": "run an ablation experiment's variants and seeds, then compare them: llm-jax sweep run "
-             "experiments/norm.py; llm-jax sweep report experiments/norm.py",
-    "config": "list every config key: its value in the given config, the values it allows and what it means: "
-              "llm-jax config --config=configs/train.py:model=tiny",
-    "plan": "will a job fit? compile its train step for the target on CPU, print memory, FLOPs and collectives "
-            "per device: llm-jax plan --config=configs/train.py:model=llama3_8b,topology=h100_8",
-}
-
-
-class UsageError(SystemExit):
-    """A bad flag: main() prints it as one line (argparse would print the whole usage first). A SystemExit, as
-    argparse's own, for callers of parse_args() outside main()."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
-
-
-def _config_parser(command: str, description: str = "") -> argparse.ArgumentParser:
-    parser = Parser(prog=f"llm-jax {command}", description=description or COMMANDS[command],
-                    epilog="Any config key can be overridden with --config.a.b=VALUE (`llm-jax config` lists them).")
-    parser.add_argument("--config", default="configs/train.py", help="config file, optionally with :ARG presets")
-    return parser
-
-
-def _split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the command's own flags, the `a.b=value` overrides given as `--config.a.b=value`)."""
-    return ([a for a in argv if not a.startswith("--config.")],
-            [a[len("--config."):] for a in argv if a.startswith("--config.")])
-
-
-def _parse_with_config(parser: argparse.ArgumentParser, argv: list[str]):
-    """Parse the flags, load the config with its `--config.a.b=v` overrides, and set up the JAX runtime."""
-    from llm_jax.parallel.runtime import init_runtime
-
-    flags, overrides = _split_config_flags(argv)
-    args = parser.parse_args(flags)
-    cfg = load_config(args.config, overrides)
-    check_keys(cfg)  # before init_runtime() reads the runtime.* keys
-    init_runtime(cfg)
-    return args, cfg
-
 
 def _train(argv: list[str]) -> int:
-    parser = _config_parser("train")
+    parser = config_parser("train")
     parser.add_argument("--workdir", required=True, help="where metrics, TensorBoard events and samples go")
-    args, cfg = _parse_with_config(parser, argv)
+    args, cfg = parse_with_config(parser, argv)
 
     from llm_jax.checkpoint.manager import CheckpointError
     from llm_jax.train import loop
@@ -89,7 +38,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    parser = _config_parser("bench")
+    parser = config_parser("bench")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--profile", action="store_true",
@@ -100,7 +49,7 @@ def _bench(argv: list[str]) -> int:
     parser.add_argument("--dir", default=None,
                         help="with --checkpoint: where to write (a temporary directory inside it, deleted after); "
                              "default: the system's temporary directory")
-    args, cfg = _parse_with_config(parser, argv)
+    args, cfg = parse_with_config(parser, argv)
 
     if args.checkpoint:
         from llm_jax.checkpoint.bench import bench_checkpoint
@@ -110,108 +59,6 @@ def _bench(argv: list[str]) -> int:
     from llm_jax.train.bench import bench
 
     bench(cfg, steps=args.steps, warmup=args.warmup, profile=args.profile)
-    return 0
-
-
-def _export(argv: list[str]) -> int:
-    parser = Parser(prog="llm-jax export", description=COMMANDS["export"],
-                    epilog="Names: embedding, layers.<i>.attn.wq, ..., final_norm.scale (README).")
-    parser.add_argument("--workdir", required=True, help="the run's workdir (or a checkpoints/<step> directory)")
-    parser.add_argument("--out", required=True, help="the .safetensors file to write")
-    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
-    parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
-                        help="cast the parameters (default: as saved)")
-    args = parser.parse_args(argv)
-
-    from llm_jax.checkpoint.export import export
-    from llm_jax.checkpoint.params import CheckpointError
-
-    try:
-        step_dir, tensors = export(args.workdir, args.out, args.step, args.dtype)
-    except CheckpointError as e:
-        print(f"checkpoint error: {e}", file=sys.stderr)
-        return 2
-    size = sum(t.nbytes for t in tensors.values())
-    print(f"wrote {len(tensors)} tensors ({sum(t.size for t in tensors.values()):,} parameters, {size / 2**20:.1f} "
-          f"MiB) from {step_dir} to {args.out}")
-    return 0
-
-
-def _trained_parser(command: str) -> argparse.ArgumentParser:
-    parser = Parser(prog=f"llm-jax {command}", description=COMMANDS[command],
-                    epilog="The run's saved config is used; --config.a.b=VALUE changes a key of it "
-                           "(e.g. the mesh, or data.tokenizer_path if the tokenizer moved).")
-    parser.add_argument("--workdir", required=True,
-                        help="the run's workdir, a checkpoints/<step> directory, or a .safetensors file from export")
-    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
-    return parser
-
-
-def _load_trained(args, argv: list[str], check_data: bool):
-    from llm_jax.checkpoint.params import CheckpointError
-    from llm_jax.train.inference import load_trained
-
-    try:
-        trained = load_trained(args.workdir, args.step, _split_config_flags(argv)[1], check_data)
-    except CheckpointError as e:
-        print(f"checkpoint error: {e}", file=sys.stderr)
-        return None
-    if trained.dropped_keys:
-        print(f"note: the saved config has keys this version does not know, ignored: {trained.dropped_keys}")
-    return trained
-
-
-def _eval(argv: list[str]) -> int:
-    parser = _trained_parser("eval")
-    args = parser.parse_args(_split_config_flags(argv)[0])
-    trained = _load_trained(args, argv, check_data=True)
-    if trained is None:
-        return 2
-    from llm_jax.train.inference import evaluate_trained
-
-    metrics = evaluate_trained(trained)
-    print(f"{trained.source} (step {trained.step}): validation loss {metrics['loss']:.4f} | perplexity "
-          f"{metrics['perplexity']:.2f} | {metrics['bpb']:.4f} bits per byte | over {trained.cfg.train.eval_batches} "
-          f"batches of {trained.cfg.train.global_batch} x {trained.cfg.train.seq_len} tokens")
-    print(json.dumps({"step": trained.step, **metrics}))
-    return 0
-
-
-def _sample(argv: list[str]) -> int:
-    parser = _trained_parser("sample")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="text to continue; repeat for a batch of prompts (default: the run's sample.prompt)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's sample.max_new_tokens")
-    parser.add_argument("--temperature", type=float, default=None, help="0: greedy; default: sample.temperature")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens; 0: all")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus: keep the tokens that make up top_p")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--num-samples", type=int, default=1, help="continuations of each prompt")
-    args = parser.parse_args(_split_config_flags(argv)[0])
-    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k),
-                        ("--temperature", args.temperature), ("--num-samples", args.num_samples - 1)):
-        if value is not None and value < 0:
-            parser.error(f"{flag} must be >= {1 if flag == '--num-samples' else 0}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser.error("--top-p must be in (0, 1]")
-    trained = _load_trained(args, argv, check_data=False)
-    if trained is None:
-        return 2
-    import flax.linen as nn
-    import jax
-
-    from llm_jax.train.sample import generate
-
-    s, tok = trained.cfg.sample, trained.tokenizer
-    prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
-    pick = lambda flag, default: default if flag is None else flag
-    with jax.set_mesh(trained.mesh), nn.logical_axis_rules(trained.rules):
-        outputs = generate(trained.model, trained.params, [tok.encode(p) for p in prompts],
-                           pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
-                           temperature=pick(args.temperature, s.temperature), top_k=pick(args.top_k, s.top_k),
-                           top_p=pick(args.top_p, s.top_p), seed=pick(args.seed, s.seed))
-    for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):
-        print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(new_ids)}")
     return 0
 
 
@@ -265,13 +112,13 @@ def _data(argv: list[str]) -> int:
         got = f"unknown action '{argv[0]}'" if argv else "no action given"
         raise UsageError(f"llm-jax data: {got}; choose prepare or bench (see llm-jax data --help)")
     action, argv = argv[0], argv[1:]
-    parser = _config_parser(f"data {action}", actions[action])
+    parser = config_parser(f"data {action}", actions[action])
     if action == "prepare":
         parser.add_argument("--out", required=True, help="directory for the shards and meta.json")
         parser.add_argument("--rows-per-shard", type=int, default=65536)
     else:
         parser.add_argument("--batches", type=int, default=200, help="timed batches")
-    args, cfg = _parse_with_config(parser, argv)
+    args, cfg = parse_with_config(parser, argv)
     if action == "bench":
         from llm_jax.data.bench import bench_data
 
@@ -292,7 +139,7 @@ def _data(argv: list[str]) -> int:
 def _plan(argv: list[str]) -> int:
     from llm_jax.monitor.hardware import KINDS
 
-    parser = _config_parser("plan")
+    parser = config_parser("plan")
     parser.add_argument("--devices", type=int, default=None, help="target device count (default: the topology "
                         "preset's `devices`)")
     parser.add_argument("--processes", type=int, default=None, help="target processes, one per host or GPU node "
@@ -302,7 +149,7 @@ def _plan(argv: list[str]) -> int:
     parser.add_argument("--device-kind", choices=KINDS, default=None,
                         help="the accelerator (default: from the topology preset's name)")
     parser.add_argument("--hbm-gib", type=float, default=None, help="device memory in GiB (default: the kind's)")
-    flags, overrides = _split_config_flags(argv)
+    flags, overrides = split_config_flags(argv)
     args = parser.parse_args(flags)
     # No init_runtime(): the plan runs on this machine's CPU, with as many fake devices as the target has.
     cfg = load_config(args.config, overrides)
@@ -318,8 +165,8 @@ def _config(argv: list[str]) -> int:
     from llm_jax.config.base import KEYS
     from llm_jax.config.load import get_key
 
-    flags, overrides = _split_config_flags(argv)
-    args = _config_parser("config").parse_args(flags)
+    flags, overrides = split_config_flags(argv)
+    args = config_parser("config").parse_args(flags)
     cfg = load_config(args.config, overrides)
     check_keys(cfg)
     for name, declared in KEYS.items():
@@ -344,7 +191,7 @@ def _sweep(argv: list[str]) -> int:
                           "(launch/slurm.sbatch); print: print each run's llm-jax train command")
     run.add_argument("--resubmit", action="store_true",
                      help="submit runs again even if SLURM may still have their jobs")
-    flags, overrides = _split_config_flags(argv)
+    flags, overrides = split_config_flags(argv)
     args = parser.parse_args(flags)
     if args.action == "report" and overrides:
         parser.error("report takes no --config.* overrides: it reads what the runs wrote")
@@ -370,8 +217,8 @@ def _sweep(argv: list[str]) -> int:
         return 2
 
 
-HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": _export,
-            "eval": _eval, "sample": _sample, "plan": _plan, "config": _config,
+HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": export_command,
+            "eval": eval_command, "sample": sample_command, "plan": _plan, "config": _config,
             "sweep": _sweep}
 
 

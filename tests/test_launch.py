@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from llm_jax.cli import _config_parser
+from llm_jax.cli_parse import config_parser as _config_parser
 from llm_jax.config import ConfigError, load_config, validate
 from llm_jax.config.validate import finalize
 from tests.conftest import REPO

@@ -1,0 +1,110 @@
+"""The commands that read a trained model: export, eval, sample."""
+
+import argparse
+import json
+import sys
+
+from llm_jax.cli_parse import COMMANDS, Parser, split_config_flags
+
+
+def export_command(argv: list[str]) -> int:
+    parser = Parser(prog="llm-jax export", description=COMMANDS["export"],
+                    epilog="Names: embedding, layers.<i>.attn.wq, ..., final_norm.scale (README).")
+    parser.add_argument("--workdir", required=True, help="the run's workdir (or a checkpoints/<step> directory)")
+    parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
+    parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
+                        help="cast the parameters (default: as saved)")
+    args = parser.parse_args(argv)
+
+    from llm_jax.checkpoint.export import export
+    from llm_jax.checkpoint.params import CheckpointError
+
+    try:
+        step_dir, tensors = export(args.workdir, args.out, args.step, args.dtype)
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
+    size = sum(t.nbytes for t in tensors.values())
+    print(f"wrote {len(tensors)} tensors ({sum(t.size for t in tensors.values()):,} parameters, {size / 2**20:.1f} "
+          f"MiB) from {step_dir} to {args.out}")
+    return 0
+
+
+def trained_parser(command: str) -> argparse.ArgumentParser:
+    parser = Parser(prog=f"llm-jax {command}", description=COMMANDS[command],
+                    epilog="The model, tokenizer and data keys come from the saved config; the rest (mesh, "
+                           "runtime) from the defaults. --config.a.b=VALUE changes any key (e.g. the mesh, or "
+                           "data.tokenizer_path if the tokenizer moved).")
+    parser.add_argument("--workdir", required=True,
+                        help="the run's workdir, a checkpoints/<step> directory, or a .safetensors file from export")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
+    return parser
+
+
+def load_trained_or_none(args, argv: list[str], check_data: bool):
+    from llm_jax.checkpoint.params import CheckpointError
+    from llm_jax.train.inference import load_trained
+
+    try:
+        trained = load_trained(args.workdir, args.step, split_config_flags(argv)[1], check_data)
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return None
+    if trained.dropped_keys:
+        print(f"note: the saved config has keys this version does not know, ignored: {trained.dropped_keys}")
+    return trained
+
+
+def eval_command(argv: list[str]) -> int:
+    parser = trained_parser("eval")
+    args = parser.parse_args(split_config_flags(argv)[0])
+    trained = load_trained_or_none(args, argv, check_data=True)
+    if trained is None:
+        return 2
+    from llm_jax.train.inference import evaluate_trained
+
+    metrics = evaluate_trained(trained)
+    print(f"{trained.source} (step {trained.step}): validation loss {metrics['loss']:.4f} | perplexity "
+          f"{metrics['perplexity']:.2f} | {metrics['bpb']:.4f} bits per byte | over {trained.cfg.train.eval_batches} "
+          f"batches of {trained.cfg.train.global_batch} x {trained.cfg.train.seq_len} tokens")
+    print(json.dumps({"step": trained.step, **metrics}))
+    return 0
+
+
+def sample_command(argv: list[str]) -> int:
+    parser = trained_parser("sample")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text to continue; repeat for a batch of prompts (default: the run's sample.prompt)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's sample.max_new_tokens")
+    parser.add_argument("--temperature", type=float, default=None, help="0: greedy; default: sample.temperature")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens; 0: all")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus: keep the tokens that make up top_p")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations of each prompt")
+    args = parser.parse_args(split_config_flags(argv)[0])
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k),
+                        ("--temperature", args.temperature), ("--num-samples", args.num_samples - 1)):
+        if value is not None and value < 0:
+            parser.error(f"{flag} must be >= {1 if flag == '--num-samples' else 0}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error("--top-p must be in (0, 1]")
+    trained = load_trained_or_none(args, argv, check_data=False)
+    if trained is None:
+        return 2
+    import flax.linen as nn
+    import jax
+
+    from llm_jax.train.sample import generate
+
+    s, tok = trained.cfg.sample, trained.tokenizer
+    prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
+    pick = lambda flag, default: default if flag is None else flag
+    with jax.set_mesh(trained.mesh), nn.logical_axis_rules(trained.rules):
+        outputs = generate(trained.model, trained.params, [tok.encode(p) for p in prompts],
+                           pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
+                           temperature=pick(args.temperature, s.temperature), top_k=pick(args.top_k, s.top_k),
+                           top_p=pick(args.top_p, s.top_p), seed=pick(args.seed, s.seed))
+    for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):
+        print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(new_ids)}")
+    return 0
