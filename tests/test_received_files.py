@@ -122,6 +122,14 @@ BAD_HEADERS = {
     "size": ({"w": {**GOOD["w"], "shape": [2, 3]}}, b"\0" * 16, None, r"16 bytes for shape \[2, 3\] of F32 \(24 "),
     "no offsets": ({"w": {"dtype": "F32", "shape": [4]}}, b"\0" * 16, None, r"lacks dtype, shape or data_offsets"),
     "metadata": ({"__metadata__": {"step": 3}, **GOOD}, b"\0" * 16, None, r"__metadata__ is not a map of strings"),
+    "dtype a list": ({"w": {**GOOD["w"], "dtype": ["F32"]}}, b"\0" * 16, None, r"tensor 'w' has dtype \['F32'\]"),
+    "deep json": (b"[" * 100_000 + b"]" * 100_000, b"", None, r"the header is not JSON"),
+    "duplicate name": (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "w": {"dtype": "F32", '
+                       b'"shape": [2, 2], "data_offsets": [0, 16]}}', b"\0" * 16, None, r"duplicate name 'w'"),
+    "overlap": ({**GOOD, "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 16, None,
+                r"tensor 'w' starts at byte 0 of the data section, not at 8"),
+    "gap": ({"w": {**GOOD["w"], "data_offsets": [8, 24]}}, b"\0" * 24, None, r"tensor 'w' starts at byte 8"),
+    "unused data": (GOOD, b"\0" * 20, None, r"the tensors cover 16 of the data section's 20 bytes"),
 }
 
 

@@ -59,7 +59,7 @@ def _tensor(path: pathlib.Path, name: str, info, data_size: int) -> tuple[np.dty
 
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise bad("lacks dtype, shape or data_offsets")
-    if info["dtype"] not in DTYPES:
+    if not isinstance(info["dtype"], str) or info["dtype"] not in DTYPES:
         raise bad(f"has dtype {info['dtype']!r}, which is none of {', '.join(DTYPES)}")
     shape, offsets = info["shape"], info["data_offsets"]
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
@@ -88,8 +88,8 @@ def read_header(path: str | pathlib.Path) -> tuple[dict, dict[str, str], int]:
                                    f"{MAX_HEADER}-byte limit; the file is damaged or not a safetensors file")
         raw = f.read(size)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise SafetensorsError(f"{path}: the header is not JSON ({e}); the file is damaged or not a safetensors "
                                "file") from None
     if not isinstance(header, dict):
@@ -100,7 +100,25 @@ def read_header(path: str | pathlib.Path) -> tuple[dict, dict[str, str], int]:
         raise SafetensorsError(f"{path}: __metadata__ is not a map of strings to strings; the file is damaged or "
                                "not a safetensors file")
     data_size = size_on_disk - 8 - size
-    return {name: _tensor(path, name, info, data_size) for name, info in header.items()}, metadata, 8 + size
+    entries = {name: _tensor(path, name, info, data_size) for name, info in header.items()}
+    end = 0  # the format's rule: tensors cover the data section back to back, no overlap, no gap
+    for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if begin != end:
+            raise SafetensorsError(f"{path}: tensor {name!r} starts at byte {begin} of the data section, not at "
+                                   f"{end} where the one before it ends (overlapping or gapped tensors); the file is "
+                                   "damaged or crafted, write it again with `llm-jax export`")
+        end = stop
+    if end != data_size:
+        raise SafetensorsError(f"{path}: the tensors cover {end} of the data section's {data_size} bytes; the file "
+                               "is damaged or crafted, write it again with `llm-jax export`")
+    return entries, metadata, 8 + size
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    names = [k for k, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate name {next(k for k in names if names.count(k) > 1)!r}")
+    return dict(pairs)
 
 
 def read(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
