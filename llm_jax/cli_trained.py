@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import pathlib
 import sys
 
 from llm_jax.cli_parse import COMMANDS, Parser, split_config_flags
@@ -15,7 +16,13 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
     parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
                         help="cast the parameters (default: as saved)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing .safetensors file at --out")
     args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    if out.suffix != ".safetensors":
+        parser.error(f"--out={out} must end in .safetensors")
+    if out.is_file() and not args.overwrite:  # never replace a file the user did not ask to replace
+        parser.error(f"--out={out} exists; pass --overwrite to replace it, or give another name")
 
     from llm_jax.checkpoint.export import export
     from llm_jax.checkpoint.params import CheckpointError

@@ -122,9 +122,22 @@ def test_init_from_is_checked_before_training(trained, tmp_path):
 
 def test_export_to_a_directory_is_one_line_and_leaves_no_half_file(trained, tmp_path, capsys):
     workdir, _ = trained
-    target = tmp_path / "out"
+    target = tmp_path / "out.safetensors"
     target.mkdir()
     assert main(["export", f"--workdir={workdir}", f"--out={target}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a directory" in err[0] and str(target) in err[0], err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no out.tmp left beside it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"], "no .tmp file left beside it"
+
+
+def test_export_never_replaces_a_file_unless_asked(trained, tmp_path, capsys):
+    workdir, _ = trained
+    for name in ("corpus.jsonl", "old.safetensors"):
+        precious = tmp_path / name
+        precious.write_text("keep me\n")
+        assert main(["export", f"--workdir={workdir}", f"--out={precious}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(precious) in err[0], err
+        assert precious.read_text() == "keep me\n"
+    assert main(["export", f"--workdir={workdir}", f"--out={precious}", "--overwrite"]) == 0
+    assert safetensors.read(precious)[0]["embedding"].shape[1] == 64
