@@ -360,7 +360,7 @@ def test_a_number_from_the_environment_is_checked_before_the_shell_evaluates_it(
     assert out.returncode == 2 and not marker.exists(), out.stderr
     assert out.stderr.count("\n") == 1 and f"{variable} must be a whole number" in out.stderr, out.stderr
     assert out.stdout == "" and _calls(tmp_path) == []
-    for bad in ("1.5", "08", "2\n", "-1"):  # not a whole number, octal to bash, a newline that adds YAML
+    for bad in ("1.5", "08", "2\n", "-1", "0"):  # not a whole number, octal to bash, a newline that adds YAML, none
         out = _launch(script, args, {variable: bad}, tmp_path)
         assert out.returncode == 2 and f"{variable} must be a whole number" in out.stderr, (bad, out.stderr)
 

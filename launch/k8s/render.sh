@@ -70,7 +70,7 @@ fi
 manifest=$(<"$LAUNCH_REPO/launch/k8s/jobset-$kind.yaml")
 fill() { manifest=${manifest//"{{$1}}"/"$2"}; } # quoted: no '&' or pattern character of the value is special
 for name in "${numbers[@]}"; do
-  require_int "$name"
+  if [[ $name == MAX_RESTARTS ]]; then require_int "$name"; else require_int "$name" 1; fi # counts, ports: >= 1
   fill "$name" "${!name}"
 done
 for name in "${strings[@]}"; do
