@@ -115,7 +115,7 @@ def test_a_stray_file_named_like_a_step_is_moved_aside_not_overwritten(tmp_path,
     assert kept.read_text() == "notes of mine\n" and _steps(run) == [4, 6, 8]
 
 
-def test_a_checkpoint_directory_renamed_by_hand_is_refused(tmp_path, uninterrupted):
+def test_a_checkpoint_directory_renamed_by_hand_is_refused(tmp_path, uninterrupted, capsys):
     whole_dir, _ = uninterrupted
     run = tmp_path / "run"
     shutil.copytree(whole_dir, run)
@@ -123,6 +123,13 @@ def test_a_checkpoint_directory_renamed_by_hand_is_refused(tmp_path, uninterrupt
     with pytest.raises(ResumeRefusedError, match=r"checkpoints/9 holds the state of step 6, not 9"):
         train(_config(steps=12), run, jax.devices()[:1])
     assert _steps(run) == [4, 6, 8, 9]
+    from llm_jax.cli import main
+
+    out = f"--out={tmp_path / 'x.safetensors'}"
+    for command in (["eval", f"--workdir={run}"], ["export", f"--workdir={run}", out]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "checkpoints/9 holds the state of step 6, not 9" in err[0], err
 
 
 def test_a_whole_checkpoint_whose_config_does_not_parse_is_one_line_and_left_in_place(tmp_path, uninterrupted):

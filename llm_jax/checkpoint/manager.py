@@ -32,7 +32,7 @@ class Checkpointer:
         self.error: CheckpointError | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=c.keep, keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save,
-            create=True)
+            create=True, cleanup_tmp_directories=True)  # what a killed save left half-written is never a checkpoint
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
@@ -57,7 +57,7 @@ class Checkpointer:
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(arrays_of(state)), data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(meta)), force=True)
+                meta=ocp.args.JsonSave({**meta, "step": step})), force=True)  # a copied or renamed step dir is told
         except Exception as e:
             raise self._failed(step, e) from e
         self.pending, self.last_save = step, time.monotonic()

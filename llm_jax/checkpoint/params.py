@@ -129,10 +129,15 @@ logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
 
 
 def read_meta(step_dir: pathlib.Path) -> dict:
+    """The checkpoint's meta item (config, tokenizer, mesh, step), checked to belong to its directory's step."""
     try:
-        return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
+        meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
     except Exception as e:  # orbax raises many kinds for a file it cannot read
         raise CheckpointError(unreadable(step_dir, "reading the saved config of", e, when_damaged=EARLIER)) from e
+    if step_dir.name.isdigit() and meta.get("step", int(step_dir.name)) != int(step_dir.name):
+        raise CheckpointError(f"{step_dir} holds the state of step {meta['step']}, not {step_dir.name} (renamed or "
+                              f"copied by hand?); rename it to {meta['step']} or give the right directory")
+    return meta
 
 
 def saved_tree(step_dir: pathlib.Path):

@@ -82,6 +82,9 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
             meta = ckpt.read_meta(step)
         except Exception as e:  # whole files that do not parse: not provably damaged, so not skipped
             raise CheckpointError(unreadable(where, "reading the saved config of", e, jax.process_index())) from e
+        if meta.get("step", step) != step:
+            raise ResumeRefusedError(f"{where} holds the state of step {meta['step']}, not {step} (renamed or copied "
+                                     f"by hand?); rename it to {meta['step']} or move it out of {ckpt.directory}")
         try:
             check_compatible(meta, tokenizer_identity, where)
         except CheckpointError as e:
