@@ -45,6 +45,8 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     (["train", CFG, "--workdir={w}", "--config.model.vocab_size=17179869184"], "model.vocab_size=17179869184"),
     (["train", CFG, "--workdir={w}", "--config.optimizer.lr=nan"], "optimizer.lr=nan"),
     (["train", CFG, "--workdir={d}/text.txt"], "text.txt is a file, not a directory"),
+    # a million layers: refused from the config's sizes, before a module is built (that alone took gigabytes)
+    (["train", CFG, "--workdir={w}", "--config.model.num_layers=1000000"], "model.num_layers=1000000"),
     # a batch whose activations alone need terabytes (it allocated 18 GB before it was refused)
     (["train", CFG, "--workdir={w}", "--config.train.global_batch=99999999999"], "train.global_batch"),
     # a vocabulary that int32 ids can hold, but whose embedding alone is ~8 TiB: refused with the estimate
@@ -125,3 +127,24 @@ def test_the_memory_estimate_is_what_training_allocates_on_a_device():
                  for s in leaf.addressable_shards if s.device == device]
     assert count == sum(p.size for p in jax.tree.leaves(state.params))
     assert estimate == sum(on_device), f"estimated {estimate} bytes, device 0 holds {sum(on_device)}"
+
+
+@pytest.mark.parametrize("changes", [{}, {"mlp": "gelu", "tie_embeddings": False, "positions": "learned"},
+                                     {"num_kv_heads": 2, "head_dim": 8, "scan_layers": True}])
+def test_the_size_counted_from_the_config_is_the_models_own(changes):
+    """The refusal of a model too big to build rests on this count: the built model's parameters, norms aside."""
+    import flax.linen as nn
+    import jax
+
+    from llm_jax.train.fits import param_count_from_config
+    from llm_jax.train.setup import prepare
+    from llm_jax.train.state import abstract_params
+    from tests.conftest import small_config
+
+    cfg = small_config()
+    for k, v in changes.items():
+        cfg.model[k] = v
+    cfg, _, model, _, _ = prepare(cfg, jax.devices()[:1])
+    leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(model, cfg.train.seq_len)))[0]
+    counted = sum(x.size for path, x in leaves if "norm" not in jax.tree_util.keystr(path))
+    assert param_count_from_config(cfg.model) == counted

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
@@ -41,6 +42,38 @@ def state_bytes(model: nn.Module, seq_len: int, tx: optax.GradientTransformation
     param_bytes = jax.tree.map(_bytes_on_one_device, params, params_sh)
     count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
     return count, sum(jax.tree.leaves(param_bytes)) + sum(jax.tree.leaves(opt_bytes))
+
+
+def param_count_from_config(m: ml_collections.ConfigDict) -> int:
+    """Parameters of the model a (finalized) `model` config describes, from its sizes alone (norms left out):
+    counted before a module is built, since building one with a million layers is itself the problem."""
+    mlp_mats = 3 if m.mlp == "swiglu" else 2
+    layer = 2 * m.d_model * m.num_heads * m.head_dim + 2 * m.d_model * m.num_kv_heads * m.head_dim
+    layer += mlp_mats * m.d_model * m.mlp_dim
+    embed = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+    return embed + m.num_layers * layer + (m.max_seq_len * m.d_model if m.positions == "learned" else 0)
+
+
+def check_size(cfg: ml_collections.ConfigDict, devices: list, copies: int) -> None:
+    """Refuse, before the model is built, a model whose `copies` of the parameters (3 to train: the parameters
+    and Adam's two moments; 1 to evaluate) cannot fit in all of `devices`' memory together, however sharded."""
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    if local[0].platform == "cpu":
+        have, where = physical_memory_bytes(), "this host's RAM is"
+    else:
+        per_device = (local[0].memory_stats() or {}).get("bytes_limit")
+        if not per_device:
+            return
+        have, where = per_device * len(devices), f"{len(devices)} x {local[0].device_kind} have"
+    count = param_count_from_config(cfg.model)
+    need = count * copies * np.dtype(cfg.model.param_dtype).itemsize
+    if need > have:
+        m = cfg.model
+        raise ConfigError(
+            f"the model does not fit: {count:,} parameters ({copies} copies to {'train' if copies > 1 else 'run'}) "
+            f"need at least {need / GIB:,.1f} GiB but {where} {have / GIB:,.1f} GiB; shrink it (model.num_layers="
+            f"{m.num_layers}, model.d_model={m.d_model}, model.mlp_dim={m.mlp_dim}, model.vocab_size={m.vocab_size}) "
+            "or see `llm-jax plan`")
 
 
 def activation_floor_bytes(cfg: ml_collections.ConfigDict, mesh: Mesh) -> int:

@@ -63,7 +63,7 @@ def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: l
         print(f"note: {source}'s config keys for how to run are not taken from a file (only model, tokenizer and "
               f"data keys are), defaults used: {', '.join(ignored)}; set any you need with --config.KEY=VALUE")
     init_runtime(cfg)
-    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, check_data=check_data)
+    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, check_data=check_data, fit_copies=1)
     abstract = abstract_like(nn.unbox(abstract_params(model, cfg.train.seq_len)), params_sh)
     params, meta = load_params(source, abstract)
     check_compatible(meta, tokenizer.identity(), source)

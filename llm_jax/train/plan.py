@@ -163,7 +163,7 @@ def abstract_step(cfg: ml_collections.ConfigDict, target: Target, devices: list)
     if len(devices) != target.devices:
         raise ValueError(f"a plan for {target.devices} devices got {len(devices)}")
     cfg, ici, dcn = _plain_mesh_config(cfg, target)
-    cfg, mesh, model, _, params_sh = prepare(cfg, devices, check_data=False)
+    cfg, mesh, model, _, params_sh = prepare(cfg, devices, check_data=False, fit_copies=0)
     t = cfg.train
     tx, options = optimizer_and_options(cfg)  # as build_run() makes them
     rules = tuple(tuple(r) for r in cfg.sharding.rules)

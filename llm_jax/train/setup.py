@@ -22,7 +22,7 @@ from llm_jax.models import build_model
 from llm_jax.parallel.mesh import mesh_for, mesh_granules
 from llm_jax.parallel.sharding import batch_sharding, replicated
 from llm_jax.train.evaluate import Evaluator, make_evaluator
-from llm_jax.train.fits import check_fits
+from llm_jax.train.fits import check_fits, check_size
 from llm_jax.train.guard import GuardOptions
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import StepOptions, TrainState, create_train_state, param_shardings
@@ -37,10 +37,12 @@ class Prepared(NamedTuple):
     params_sharding: Any  # NamedShardings of the parameters, checked against the rules
 
 
-def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_data: bool = True) -> Prepared:
+def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_data: bool = True,
+            fit_copies: int = 3) -> Prepared:
     """Everything that can fail cheaply, before any compilation: finalize + validate the config, build the mesh
     and model, and check that every parameter has a sharding rule that divides it (and, unless `check_data` is
-    False, as for sampling, that the data sources exist)."""
+    False, as for sampling, that the data sources exist). `fit_copies`: the copies of the parameters that must fit
+    in the devices' memory (3 to train, 1 to evaluate, 0: no check, as for `llm-jax plan`)."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
     cfg = finalize(cfg, tokenizer.vocab_size)
     all_devices = list(devices) if devices is not None else jax.devices()
@@ -56,6 +58,8 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_d
             check_source(cfg.checkpoint.init_from)
         except CheckpointError as e:
             raise ConfigError(f"checkpoint.init_from: {e}") from None
+    if fit_copies:
+        check_size(cfg, all_devices, fit_copies)
     model = build_model(cfg.model)
     params_sh = param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
     return Prepared(cfg, mesh, model, tokenizer, params_sh)
