@@ -49,6 +49,14 @@ def trained_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def skipped_newer(source: pathlib.Path) -> list[pathlib.Path]:
+    """Checkpoint directories newer than `source` (a checkpoints/<step> directory) that were passed over."""
+    if not source.name.isdigit():
+        return []
+    return sorted((p for p in source.parent.iterdir() if p.name.isdigit() and int(p.name) > int(source.name)
+                   and (p / "state").is_dir()), key=lambda p: int(p.name))
+
+
 def load_trained_or_none(args, argv: list[str], check_data: bool):
     from llm_jax.checkpoint.params import CheckpointError
     from llm_jax.train.inference import load_trained
@@ -60,6 +68,10 @@ def load_trained_or_none(args, argv: list[str], check_data: bool):
         return None
     if trained.dropped_keys:
         print(f"note: the saved config has keys this version does not know, ignored: {trained.dropped_keys}")
+    skipped = skipped_newer(trained.source) if args.step is None else []
+    if skipped:
+        print(f"note: newer checkpoints are damaged and were skipped: {', '.join(map(str, skipped))}; using "
+              f"{trained.source}")
     return trained
 
 

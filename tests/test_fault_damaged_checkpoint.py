@@ -152,7 +152,9 @@ def test_eval_skips_a_damaged_latest_checkpoint_and_names_a_damaged_one_it_is_gi
     shutil.copytree(whole_dir, run)
     _cut(_largest_array_file(run / "checkpoints" / "8"))
     assert main(["eval", f"--workdir={run}"]) == 0
-    assert f"{run / 'checkpoints' / '6'} (step 6): validation loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{run / 'checkpoints' / '6'} (step 6): validation loss" in out
+    assert f"newer checkpoints are damaged and were skipped: {run / 'checkpoints' / '8'}" in out
     assert main(["eval", f"--workdir={run}", "--step=8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{run / 'checkpoints' / '8'} is damaged (" in err[0] and "--step=N" in err[0], err
