@@ -193,3 +193,30 @@ def test_a_prepared_meta_json_names_shards_inside_its_directory_only(tmp_path):
     assert "'seq_len'" in _meta_error(prep, {**good, "seq_len": "32"})
     assert "'validation'" in _meta_error(prep, {**good, "validation": {"rows": 3, "shards": [7]}})
     assert os.path.exists(secret)
+
+
+def test_a_prepared_directory_whose_shards_disagree_with_meta_json_is_refused(tmp_path):
+    from llm_jax.data.prepared import open_sources
+    from llm_jax.data.tokenizer import make_tokenizer
+
+    prep = _prepared(tmp_path)
+    good = json.loads((prep / "meta.json").read_text())
+    cfg = small_config()
+    cfg.data.corpus, cfg.data.prepared_dir = "prepared", str(prep)
+    tokenizer = make_tokenizer("byte")
+
+    def error() -> str:
+        with pytest.raises(DataError) as e:
+            open_sources(cfg, tokenizer)
+        assert "\n" not in str(e.value) and "prepare the data again" in str(e.value), str(e.value)
+        return str(e.value)
+
+    shard = good["train"][0]["shards"][0]
+    twice = {**good, "train": [{**good["train"][0], "shards": [shard, shard]}]}
+    assert f"lists shard {shard!r} more than once" in _meta_error(prep, twice)
+    (prep / "meta.json").write_text(json.dumps({**good, "train": [{**good["train"][0], "rows": 10**12}]}))
+    assert f"meta.json counts {10**12:,}" in error()
+    (prep / "meta.json").write_text(json.dumps(good))
+    data = (prep / shard).read_bytes()
+    (prep / shard).write_bytes(data[: len(data) // 3])  # cut short
+    assert f"a shard of {prep} ({shard}" in error() and "cannot be read" in error()

@@ -90,7 +90,10 @@ def read_meta(directory: str) -> dict:
                         "prepare the data again")
     _check_fields(path, meta)
     root = path.parent.resolve()
-    for shard in [s for source in meta["train"] for s in source["shards"]] + meta["validation"]["shards"]:
+    shards = [s for source in meta["train"] for s in source["shards"]] + meta["validation"]["shards"]
+    if len(set(shards)) != len(shards):  # one shard listed twice would be trained on twice, silently
+        raise _bad(path, f"lists shard {next(s for s in shards if shards.count(s) > 1)!r} more than once")
+    for shard in shards:
         if (pathlib.PurePath(shard).is_absolute() or ".." in pathlib.PurePath(shard).parts
                 or not (root / shard).resolve().is_relative_to(root)):
             raise _bad(path, f"names shard {shard!r}, which is outside {root}")
@@ -134,10 +137,19 @@ def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[
             raise DataError(f"{directory / shard} is missing; prepare the data again")
     row_len = meta["seq_len"] + 1
 
-    def rows(shards):
-        return RecordRows([str(directory / s) for s in shards], row_len, meta["dtype"])
+    def rows(source: dict) -> RecordRows:
+        """The source's shards, which must open and hold the rows meta.json counts (a cut or swapped shard)."""
+        try:
+            opened = RecordRows([str(directory / s) for s in source["shards"]], row_len, meta["dtype"])
+        except Exception as e:  # the reader raises several kinds for a cut or foreign file
+            raise DataError(f"a shard of {directory} ({', '.join(source['shards'][:3])}) cannot be read "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); prepare the data again") from None
+        if len(opened) != source["rows"]:
+            raise DataError(f"{directory}: shards {', '.join(source['shards'][:3])} hold {len(opened):,} rows but "
+                            f"meta.json counts {source['rows']:,}; prepare the data again")
+        return opened
 
-    return [rows(s["shards"]) for s in meta["train"]], rows(meta["validation"]["shards"]), meta
+    return [rows(s) for s in meta["train"]], rows(meta["validation"]), meta
 
 
 def stats_of(meta: dict) -> SourceStats:
