@@ -15,7 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from llm_jax.checkpoint.integrity import write_manifest
-from llm_jax.checkpoint.params import CheckpointError, abstract_like, check_same_shapes
+from llm_jax.checkpoint.params import CheckpointError, abstract_like
 
 __all__ = ["CheckpointError", "Checkpointer", "arrays_of", "check_compatible"]
 
@@ -99,15 +99,9 @@ class Checkpointer:
             "Free disk space or fix the directory's permissions, then run the same command again to resume")
         return self.error
 
-    def check_shapes(self, step: int, state) -> None:
-        """A checkpoint of another model is an error naming each parameter whose shape differs."""
-        saved = self.manager.item_metadata(step)["state"]
-        check_same_shapes({"params": saved["params"], "guard": saved.get("guard", {})},
-                          {"params": state.params, "guard": state.guard}, self.directory / str(step))
-
     def restore(self, step: int, state, shardings) -> tuple[Any, dict]:
-        """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state."""
-        self.check_shapes(step, state)
+        """The checkpoint at `step` placed with `shardings` (the current run's), plus its data state. The saved
+        arrays must match `state`'s: train/resume.py checks that first (names, shapes, dtypes)."""
         target = abstract_like(arrays_of(state), arrays_of(shardings))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))

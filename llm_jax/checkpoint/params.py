@@ -134,10 +134,19 @@ def read_meta(step_dir: pathlib.Path) -> dict:
         meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
     except Exception as e:  # orbax raises many kinds for a file it cannot read
         raise CheckpointError(unreadable(step_dir, "reading the saved config of", e, when_damaged=EARLIER)) from e
-    if step_dir.name.isdigit() and meta.get("step", int(step_dir.name)) != int(step_dir.name):
-        raise CheckpointError(f"{step_dir} holds the state of step {meta['step']}, not {step_dir.name} (renamed or "
-                              f"copied by hand?); rename it to {meta['step']} or give the right directory")
+    wrong = step_mismatch(step_dir, meta.get("step"))
+    if wrong:
+        raise CheckpointError(wrong)
     return meta
+
+
+def step_mismatch(step_dir: pathlib.Path, saved_step: int | None) -> str | None:
+    """The error when a checkpoints/<step> directory holds another step's state (copied or renamed by hand);
+    None when it matches or cannot be told (no saved step, a directory not named by its step)."""
+    if saved_step is None or not step_dir.name.isdigit() or saved_step == int(step_dir.name):
+        return None
+    return (f"{step_dir} holds the state of step {saved_step}, not {step_dir.name} (renamed or copied by hand?); "
+            f"rename it to {saved_step} or move it out of {step_dir.parent}")
 
 
 def saved_tree(step_dir: pathlib.Path):

@@ -19,6 +19,7 @@ import jax
 
 from llm_jax.checkpoint.integrity import MANIFEST, damage, move_aside, moved_aside, unreadable, write_manifest
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, arrays_of, check_compatible
+from llm_jax.checkpoint.params import step_mismatch
 from llm_jax.config.base import base_config
 from llm_jax.config.load import flatten
 from llm_jax.train.preemption import agree_any
@@ -82,9 +83,9 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
             meta = ckpt.read_meta(step)
         except Exception as e:  # whole files that do not parse: not provably damaged, so not skipped
             raise CheckpointError(unreadable(where, "reading the saved config of", e, jax.process_index())) from e
-        if meta.get("step", step) != step:
-            raise ResumeRefusedError(f"{where} holds the state of step {meta['step']}, not {step} (renamed or copied "
-                                     f"by hand?); rename it to {meta['step']} or move it out of {ckpt.directory}")
+        wrong = step_mismatch(where, meta.get("step"))
+        if wrong:
+            raise ResumeRefusedError(wrong)
         try:
             check_compatible(meta, tokenizer_identity, where)
         except CheckpointError as e:
@@ -177,10 +178,9 @@ def restore(ckpt: Checkpointer, point: ResumePoint, state: Any, shardings: Any) 
         if error is None:
             raise CheckpointError(f"restoring {where} failed on another process; see its log")
         raise CheckpointError(unreadable(where, "restoring", error, jax.process_index())) from error
-    saved_step = int(jax.device_get(restored[0].step))
-    if saved_step != point.step:
-        raise ResumeRefusedError(f"{where} holds the state of step {saved_step}, not {point.step} (renamed or copied "
-                                 f"by hand?); rename it to {saved_step} or move it out of {ckpt.directory}")
+    wrong = step_mismatch(where, int(jax.device_get(restored[0].step)))  # for checkpoints saved without it in meta
+    if wrong:
+        raise ResumeRefusedError(wrong)
     if jax.process_index() == 0 and not (where / MANIFEST).is_file():
         write_manifest(where)  # it restored, so it is whole: from now on a lost file is seen as damage
     return restored
