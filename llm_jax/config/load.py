@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from llm_jax.config.base import KEYS
+from llm_jax.config.base import KEYS, base_config
 
 
 class ConfigError(ValueError):
@@ -157,19 +157,12 @@ def config_from_saved(saved: Mapping[str, Any], overrides: Iterable[str] = (), s
     only the keys `received` allows, then the user's `a.b=value` overrides. Also, for the caller to report, the
     saved keys that no longer exist (dropped) and the keys for how to run that were not taken although their saved
     value is not the default (ignored; training-only keys, optimizer.* and the rest of train.*, are not listed)."""
-    from llm_jax.config.base import base_config
-
     cfg, dropped, ignored = base_config(), [], []
     for key, value in flatten(saved).items():
         if not received(key):
-            if key.startswith(("optimizer.", "train.")):
-                continue
-            try:
-                default = get_key(cfg, key)
-            except (KeyError, AttributeError, TypeError):
-                default = None
-            if json.loads(json.dumps(default)) != value:  # JSON's view: tuples are lists
-                ignored.append(key)
+            default = KEYS[key].default if key in KEYS else None
+            if not key.startswith(("optimizer.", "train.")) and json.loads(json.dumps(default)) != value:
+                ignored.append(key)  # JSON's view of the default: tuples are lists
             continue
         try:
             set_key(cfg, key, value, source)

@@ -44,6 +44,16 @@ def state_bytes(model: nn.Module, seq_len: int, tx: optax.GradientTransformation
     return count, sum(jax.tree.leaves(param_bytes)) + sum(jax.tree.leaves(opt_bytes))
 
 
+def device_memory(devices: list) -> tuple[int, list] | None:
+    """(bytes one of this process's devices can hold, those devices): on CPU the host's RAM, which its CPU devices
+    share; on an accelerator its memory limit. None when the device does not report it."""
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    if local[0].platform == "cpu":
+        return physical_memory_bytes(), local
+    limit = (local[0].memory_stats() or {}).get("bytes_limit")
+    return (limit, local) if limit else None
+
+
 def param_count_from_config(m: ml_collections.ConfigDict) -> int:
     """Parameters of the model a (finalized) `model` config describes, from its sizes alone (norms left out):
     counted before a module is built, since building one with a million layers is itself the problem."""
@@ -57,13 +67,13 @@ def param_count_from_config(m: ml_collections.ConfigDict) -> int:
 def check_size(cfg: ml_collections.ConfigDict, devices: list, copies: int) -> None:
     """Refuse, before the model is built, a model whose `copies` of the parameters (3 to train: the parameters
     and Adam's two moments; 1 to evaluate) cannot fit in all of `devices`' memory together, however sharded."""
-    local = [d for d in devices if d.process_index == jax.process_index()]
+    memory = device_memory(devices)
+    if memory is None:
+        return
+    per_device, local = memory
     if local[0].platform == "cpu":
-        have, where = physical_memory_bytes(), "this host's RAM is"
+        have, where = per_device, "this host's RAM is"
     else:
-        per_device = (local[0].memory_stats() or {}).get("bytes_limit")
-        if not per_device:
-            return
         have, where = per_device * len(devices), f"{len(devices)} x {local[0].device_kind} have"
     count = param_count_from_config(cfg.model)
     need = count * copies * np.dtype(cfg.model.param_dtype).itemsize
@@ -90,14 +100,13 @@ def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.Gradi
     process's CPU devices share). Devices that do not report their memory are not checked."""
     count, per_device = state_bytes(model, cfg.train.seq_len, tx, params_sh)
     per_device += activation_floor_bytes(cfg, mesh)
-    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    memory = device_memory(list(mesh.devices.flat))
+    if memory is None:
+        return
+    have, local = memory
     if local[0].platform == "cpu":
-        need, have = per_device * len(local), physical_memory_bytes()
-        where = f"this host's RAM (shared by its {len(local)} CPU device(s)) is"
+        need, where = per_device * len(local), f"this host's RAM (shared by its {len(local)} CPU device(s)) is"
     else:
-        have = (local[0].memory_stats() or {}).get("bytes_limit")
-        if not have:
-            return
         need, where = per_device, f"one {local[0].device_kind} has"
     if need > have:
         m = cfg.model
