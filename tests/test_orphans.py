@@ -60,6 +60,15 @@ def wait_all_gone(procs: set[Proc], timeout: float) -> set[Proc]:
     return left
 
 
+def end_all(proc: subprocess.Popen, below: set[Proc]) -> None:
+    """Whatever the test left running: the process it started and those found below it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid, _ in {p for p in below if alive(p)}:
+        os.kill(pid, signal.SIGKILL)
+
+
 def train(workdir: pathlib.Path, *overrides: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = [sys.executable, "-m", "llm_jax", "train", f"--config={TRAIN_CONFIG}:model=tiny,topology=cpu",
@@ -88,11 +97,7 @@ def test_sigkill_of_a_run_takes_its_workers_with_it(tmp_path):
         left = wait_all_gone(below, timeout=5)
         assert not left, f"still running 5 s after the run was killed: {describe(left)}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid, _ in {p for p in below if alive(p)}:
-            os.kill(pid, signal.SIGKILL)  # the test's own leftovers
+        end_all(proc, below)
 
 
 def test_a_run_that_ends_leaves_no_process_behind(tmp_path):
@@ -107,6 +112,4 @@ def test_a_run_that_ends_leaves_no_process_behind(tmp_path):
         left = wait_all_gone(seen, timeout=5)
         assert not left, f"still running 5 s after the run ended: {describe(left)}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_all(proc, seen)

@@ -20,7 +20,7 @@ from llm_jax.sweep.experiment import expand_grid
 from llm_jax.sweep.report import write_report
 from tests.conftest import REPO, TRAIN_CONFIG
 from tests.test_launch import check_train_args, train_commands
-from tests.test_orphans import alive, descendants, describe, wait_all_gone
+from tests.test_orphans import descendants, describe, end_all, wait_all_gone
 
 # The conftest small model, as an experiment's base (values typed as in a definition file).
 BASE = {"model.num_layers": 2, "model.d_model": 64, "model.mlp_dim": 128, "model.max_seq_len": 64,
@@ -246,11 +246,7 @@ def test_ctrl_c_twice_stops_every_process_of_a_multi_process_run(tmp_path, monke
         assert not left, f"still running after two Ctrl-C: {describe(left)}"
         assert "sweep stopped by signal 2 during rms/seed_0" in log.read_text(), log.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid, _ in {p for p in below if alive(p)}:
-            os.kill(pid, signal.SIGKILL)  # the test's own leftovers
+        end_all(proc, below)
 
 
 # --- a cluster launcher: one SLURM job per run, through launch/slurm.sbatch --------------------------------------
