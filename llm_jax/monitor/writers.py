@@ -20,8 +20,6 @@ from llm_jax.monitor.console import Console
 
 RUN_FILES = ("metrics.jsonl", "samples.txt", "config.json", "tokenizer.json", "tensorboard", "train.log", "run.json")
 HPARAM_METRICS = ("eval/loss", "eval/perplexity", "eval/bpb")  # what the HParams tab shows per run
-# The HParams tab's columns follow the order logged: what runs are compared by first, then the extras (num_params),
-# then the plumbing (checkpoint, data, mesh, runtime, ...).
 # TensorBoard's HParams tab sorts its columns by name and shows a handful: only what a researcher compares goes
 # there. The whole config is in config.json and run.json.
 HPARAM_SECTIONS = ("model", "optimizer", "train")
