@@ -52,7 +52,7 @@ def _bench(argv: list[str]) -> int:
     args, cfg = parse_with_config(parser, argv)
 
     if args.checkpoint:
-        from llm_jax.checkpoint.bench import bench_checkpoint
+        from llm_jax.train.checkpoint_bench import bench_checkpoint
 
         bench_checkpoint(cfg, args.dir, steps=args.steps)
         return 0

@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 from llm_jax.cli_parse import COMMANDS, Parser, split_config_flags
+from llm_jax.models.layout import on_mesh
 
 
 def export_command(argv: list[str]) -> int:
@@ -111,19 +112,22 @@ def sample_command(argv: list[str]) -> int:
     trained = load_trained_or_none(args, argv, check_data=False)
     if trained is None:
         return 2
-    import flax.linen as nn
-    import jax
 
-    from llm_jax.train.sample import generate
+    from llm_jax.train.hooks import CONTINUATIONS, continue_prompts
 
-    s, tok = trained.cfg.sample, trained.tokenizer
+    s, tok, family = trained.cfg.sample, trained.tokenizer, trained.cfg.model.family
+    if family not in CONTINUATIONS:
+        print(f"error: {trained.source} is a model.family={family!r} model, which does not generate text (it fills "
+              "in masked tokens; see samples.txt of its run); sample needs a decoder or encoder_decoder model")
+        return 2
     prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
     pick = lambda flag, default: default if flag is None else flag
-    with jax.set_mesh(trained.mesh), nn.logical_axis_rules(trained.rules):
-        outputs = generate(trained.model, trained.params, [tok.encode(p) for p in prompts],
-                           pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
-                           temperature=pick(args.temperature, s.temperature), top_k=pick(args.top_k, s.top_k),
-                           top_p=pick(args.top_p, s.top_p), seed=pick(args.seed, s.seed))
+    with on_mesh(trained.mesh, trained.rules):
+        outputs = continue_prompts(family, trained.model, trained.params, [tok.encode(p) for p in prompts],
+                                   pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
+                                   tok.vocab_size, temperature=pick(args.temperature, s.temperature),
+                                   top_k=pick(args.top_k, s.top_k), top_p=pick(args.top_p, s.top_p),
+                                   seed=pick(args.seed, s.seed))
     for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):
         print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(new_ids)}")
     return 0

@@ -19,8 +19,8 @@ if __name__ == "__main__":
     cfg.data.workers = 1  # a grain worker process inside each JAX process
     data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     try:
-        batches = [next(data.train)["tokens"] for _ in range(4)]
+        batches = [next(data.train)["inputs"] for _ in range(4)]
     finally:
         data.train.close()
-    np.savez(out, tokens=np.stack(batches), process_index=jax.process_index(), examples=data.train.examples)
+    np.savez(out, inputs=np.stack(batches), process_index=jax.process_index(), examples=data.train.examples)
     jax.distributed.shutdown()

@@ -117,8 +117,8 @@ def test_the_memory_estimate_is_what_training_allocates_on_a_device():
 
     cfg = small_config()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
-    cfg, mesh, model, _, params_sh = prepare(cfg)
-    tx, options = optimizer_and_options(cfg)
+    cfg, mesh, model, _, params_sh, objective = prepare(cfg)
+    tx, options = optimizer_and_options(cfg, objective)
     count, estimate = state_bytes(model, cfg.train.seq_len, tx, params_sh)
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     state, _ = create_train_state(model, tx, options, 0, cfg.train.seq_len, mesh, rules, params_sh)
@@ -144,7 +144,7 @@ def test_the_size_counted_from_the_config_is_the_models_own(changes):
     cfg = small_config()
     for k, v in changes.items():
         cfg.model[k] = v
-    cfg, _, model, _, _ = prepare(cfg, jax.devices()[:1])
+    cfg, _, model, *_ = prepare(cfg, jax.devices()[:1])
     leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(model, cfg.train.seq_len)))[0]
     counted = sum(x.size for path, x in leaves if "norm" not in jax.tree_util.keystr(path))
     assert param_count_from_config(cfg.model) == counted

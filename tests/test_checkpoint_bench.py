@@ -3,7 +3,7 @@
 import json
 import math
 
-from llm_jax.checkpoint.bench import bench_checkpoint
+from llm_jax.train.checkpoint_bench import bench_checkpoint
 from tests.conftest import small_config
 
 FIELDS = ("params", "step_time_s", "step_min_s", "step_max_s", "step_during_save_s", "steps_during_save",

@@ -80,15 +80,14 @@ def test_bits_per_byte_counts_the_bytes_of_the_validation_targets(run):
     <eos> and padding none; test_tokenizer checks SentencePiece's byte counts)."""
     from llm_jax.data.pipeline import make_data
     from llm_jax.data.tokenizer import make_tokenizer
-    from llm_jax.train.step import split_batch
 
     workdir, result, _ = run
     cfg = small_config()
     data = make_data(cfg, make_tokenizer("byte"), 0, 1)
     tokens = nbytes = 0
     for i in range(cfg.train.eval_batches):
-        _, targets, mask = split_batch(data.eval.batch_at(i))
-        targets, mask = np.asarray(targets), np.asarray(mask)
+        batch = data.eval.batch_at(i)
+        targets, mask = np.asarray(batch["targets"]), np.asarray(batch["weights"]) > 0
         tokens += int(mask.sum())
         nbytes += int((mask & (targets >= 3)).sum())
     data.train.close()

@@ -31,8 +31,8 @@ def test_two_processes_read_disjoint_halves_of_each_global_batch(tmp_path):
 
     whole = make_data(small_config())  # one process reading the whole global batch
     for step in range(4):
-        halves = [p["tokens"][step] for p in parts]
-        assert halves[0].shape == halves[1].shape == (4, 33)
-        np.testing.assert_array_equal(np.concatenate(halves), whole.train.batch_at(step)["tokens"])
+        halves = [p["inputs"][step] for p in parts]
+        assert halves[0].shape == halves[1].shape == (4, 32)
+        np.testing.assert_array_equal(np.concatenate(halves), whole.train.batch_at(step)["inputs"])
         rows = [{r.tobytes() for r in h} for h in halves]
         assert not rows[0] & rows[1], f"step {step}: both processes read the same row"

@@ -12,7 +12,9 @@ import pytest
 from llm_jax.config import base_config
 from llm_jax.config.validate import finalize, validate
 from llm_jax.data.packing import pack_documents
+from llm_jax.data.tokenizer import make_tokenizer
 from llm_jax.models import build_model
+from llm_jax.objectives.causal_lm import CausalLM
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import batch_sharding, replicated, to_global
 from llm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
@@ -192,7 +194,9 @@ def setup():
         rows["positions"][r, keep:] = np.arange(cfg.train.seq_len + 1 - keep)
 
     batch_sh = batch_sharding(mesh, rules)
-    batch = to_global(rows, batch_sh)
+    causal = CausalLM(cfg, make_tokenizer("byte"))
+    examples = [causal.example({k: rows[k][r] for k in ("tokens", "segment_ids")}, None) for r in range(8)]
+    batch = to_global({k: np.stack([e[k] for e in examples]) for k in examples[0]}, batch_sh)
     states, steps_by_options = {}, {}
 
     def state(**options):  # states are immutable (no donation), so tests can share them

@@ -41,7 +41,7 @@ def _config(corpus_dir, *overrides):
 
 
 def _equal(a, b):
-    return all(np.array_equal(a[k], b[k]) for k in ("tokens", "segment_ids", "positions"))
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_worker_processes_give_the_same_batches(corpus_dir):
@@ -103,7 +103,7 @@ def test_mixture_of_two_sources_by_weight(corpus_dir):
     cfg.data.train_files = f"{corpus_dir / 'web-*.jsonl'};{corpus_dir / 'books.parquet'}"
     data = make_data(cfg)
     assert data.weights == [0.75, 0.25]
-    rows = [data.tokenizer.decode(r) for s in range(100) for r in data.train.batch_at(s)["tokens"]]
+    rows = [data.tokenizer.decode(r) for s in range(100) for r in data.train.batch_at(s)["inputs"]]
     # 33 bytes of a book always hold one of these words; the machine reports never do.
     from_books = np.mean([any(w in r for w in ("Book", "upon", "time", "once")) for r in rows])
     assert abs(from_books - 0.25) < 0.03, from_books

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llm_jax.objectives.loss import cross_entropy
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.setup import build_run, prepare
-from llm_jax.train.step import cross_entropy, split_batch
+from llm_jax.train.step import forward
 from tests.conftest import small_config
 
 
@@ -194,9 +195,8 @@ def test_optimizer_steps_match_a_numpy_adamw():
     @jax.jit
     def grads_of(params, batch):
         def loss(params):
-            inputs, targets_BL, mask_BL = split_batch(batch)
-            ce_sum, _ = cross_entropy(model.apply({"params": params}, *inputs), targets_BL, mask_BL, 0.0)
-            return ce_sum / jnp.maximum(mask_BL.sum(), 1)
+            ce_sum, _ = cross_entropy(forward(model, params, batch), batch["targets"], batch["weights"], 0.0)
+            return ce_sum / jnp.maximum(batch["weights"].sum(), 1)
         return jax.grad(loss)(params)
 
     start = _flat(state.params)

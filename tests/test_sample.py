@@ -17,7 +17,7 @@ from jax.sharding import AxisType
 from llm_jax.config.base import DEFAULT_RULES
 from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from llm_jax.models import build_model, unstack_layers
-from llm_jax.models.transformer import init_cache
+from llm_jax.models.decoder import init_cache
 from llm_jax.train import sample
 from llm_jax.train.sample import generate
 from llm_jax.train.state import param_shardings

@@ -1,9 +1,10 @@
 """Parameters alone: read them from a run's checkpoint or an exported file, and name them portably.
 
 Portable names (used by `llm-jax export` and accepted by `checkpoint.init_from`): the module path joined by dots,
-with each transformer layer as `layers.<i>.` whether the model scans its layers (one stacked array per weight) or
-not (`layer_<i>` modules), e.g. `embedding`, `layers.0.attn.wq`, `layers.11.mlp.wo`, `final_norm.scale`. Shapes
-and layouts are the model's own (see docs in README "Checkpoints and resuming").
+with each layer of a stack as `layers.<i>.` whether the model scans its layers (one stacked array per weight) or
+not (`layer_<i>` modules; models/stack.py names both), e.g. `embedding`, `layers.0.attn.wq`, `layers.11.mlp.wo`,
+`final_norm.scale`, and for an encoder-decoder `encoder.layers.3.attn.wq`, `decoder.layers.0.cross_attn.wk`.
+Shapes and layouts are the model's own (see docs in README "Checkpoints and resuming").
 """
 
 import json
@@ -18,9 +19,18 @@ import orbax.checkpoint as ocp
 
 from llm_jax.checkpoint import safetensors
 from llm_jax.checkpoint.integrity import damage, unreadable
+from llm_jax.models.stack import SCANNED_PATH, UNROLLED_PATH
 
-STACKED = "layers."  # the scanned stack's prefix: its arrays have a leading layer axis
-UNROLLED = re.compile(r"^layer_(\d+)\.")
+
+def _stacked(name: str) -> tuple[str, str] | None:
+    """A scanned stack's array `<stack>.layers.<weight>` -> ('<stack>.layers.', '<weight>'); else None."""
+    m = SCANNED_PATH.search(name)
+    return (name[: m.end()], name[m.end():]) if m else None
+
+
+def _unrolled(name: str) -> str:
+    """`<stack>.layer_<i>.<weight>` -> `<stack>.layers.<i>.<weight>`."""
+    return UNROLLED_PATH.sub(r"\1layers.\2.", name)
 
 
 class CheckpointError(RuntimeError):
@@ -36,32 +46,33 @@ def portable(params) -> dict[str, np.ndarray]:
     """Host copies of the parameters under their portable names, layer by layer, layers in order."""
     out = {}
     for name, leaf in _flat(params).items():
-        if name.startswith(STACKED):
+        if stacked := _stacked(name):
             stack = np.asarray(jax.device_get(leaf))
             for i in range(stack.shape[0]):
-                out[f"layers.{i}.{name[len(STACKED):]}"] = stack[i]
+                out[f"{stacked[0]}{i}.{stacked[1]}"] = stack[i]
         else:
-            out[UNROLLED.sub(r"layers.\1.", name)] = np.asarray(jax.device_get(leaf))
+            out[_unrolled(name)] = np.asarray(jax.device_get(leaf))
     return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
 
 
 def _order(name: str) -> tuple:
-    m = re.match(r"^layers\.(\d+)\.(.*)$", name)
-    return (1, int(m.group(1)), m.group(2)) if m else (0 if name.startswith("embed") else 2, 0, name)
+    """Embeddings first, then each stack layer by layer, then the rest."""
+    m = re.match(r"^(.*?)layers\.(\d+)\.(.*)$", name)
+    return (1, m.group(1), int(m.group(2)), m.group(3)) if m else (0 if name.startswith("embed") else 2, "", 0, name)
 
 
 def from_portable(tensors: dict[str, np.ndarray], abstract, where: str) -> dict[str, np.ndarray]:
     """`tensors` (portable names) arranged as the model's flat parameter names, shape-checked against `abstract`."""
     have, out, problems = dict(tensors), {}, []
     for name, target in _flat(abstract).items():
-        if name.startswith(STACKED):
-            keys = [f"layers.{i}.{name[len(STACKED):]}" for i in range(target.shape[0])]
+        if stacked := _stacked(name):
+            keys = [f"{stacked[0]}{i}.{stacked[1]}" for i in range(target.shape[0])]
             parts = [have.pop(k, None) for k in keys]
             missing = [k for k, p in zip(keys, parts, strict=True) if p is None]
             value = None if missing else np.stack(parts)
-            name_shown = keys[0].replace(".0.", ".*.")
+            name_shown = f"{stacked[0]}*.{stacked[1]}"
         else:
-            name_shown = UNROLLED.sub(r"layers.\1.", name)
+            name_shown = _unrolled(name)
             value = have.pop(name_shown, None)
             missing = [name_shown] if value is None else []
         if missing:

@@ -33,10 +33,13 @@ def _schema() -> Section:
     c.topology_preset = key("", "name of the topology preset applied by configs/train.py")
 
     c.model = m = Section()
+    m.family = key("decoder", "decoder (GPT, Llama) | encoder (BERT) | encoder_decoder (T5); see models/families.py",
+                   ("decoder", "encoder", "encoder_decoder"))
     m.vocab_size = key(0, "vocabulary size; 0: the tokenizer's size, rounded up to vocab_multiple; token ids are "
                           "int32", ge=0, lt=2**31)
     m.vocab_multiple = key(64, "padding so the vocab shards evenly over the tensor axis", gt=0)
-    m.num_layers = key(4, "transformer blocks", gt=0)
+    m.num_layers = key(4, "transformer blocks (of the encoder, for encoder_decoder)", gt=0)
+    m.num_decoder_layers = key(0, "encoder_decoder: decoder blocks; 0: num_layers", ge=0)
     m.d_model = key(128, "width of the residual stream", gt=0)
     m.num_heads = key(4, "attention (query) heads", gt=0)
     m.num_kv_heads = key(0, "key/value heads; 0: same as num_heads (multi-head attention); fewer = grouped-query "
@@ -46,9 +49,18 @@ def _schema() -> Section:
     m.max_seq_len = key(256, "position limit (size of the learned table; the longest context for RoPE)", gt=0)
     m.norm = key("rmsnorm", "normalisation layer", ("rmsnorm", "layernorm"))
     m.norm_eps = key(1e-5, "epsilon added in the norms", gt=0)
-    m.positions = key("rope", "position encoding", ("rope", "learned"))
+    m.positions = key("rope", "position encoding: rope | learned (a table) | relative (T5's bucketed bias)",
+                      ("rope", "learned", "relative"))
+    m.relative_buckets = key(32, "relative: buckets of the position bias (half per direction when bidirectional)",
+                             gt=1)
+    m.relative_max_distance = key(128, "relative: distances from here on share the last bucket", gt=1)
+    m.type_vocab_size = key(0, "encoder: token-type (sentence A/B) embeddings, 2 in BERT; 0: none", ge=0)
+    m.norm_position = key("pre", "pre: norm before each sublayer (GPT-2, Llama, T5) | post: after the residual "
+                                 "add (BERT)", ("pre", "post"))
+    m.use_bias = key(False, "biases in the attention and MLP projections (BERT, GPT-2)")
     m.rope_theta = key(10000.0, "RoPE base wavelength", gt=0)
-    m.mlp = key("swiglu", "MLP kind", ("swiglu", "gelu"))
+    m.mlp = key("swiglu", "MLP kind: swiglu (Llama) | geglu (T5 v1.1) | gelu (tanh approximation, GPT-2) | "
+                          "gelu_exact (erf, BERT)", ("swiglu", "geglu", "gelu", "gelu_exact"))
     m.tie_embeddings = key(True, "the output projection is the transposed input embedding")
     m.qk_norm = key(False, "normalise queries and keys before attention")
     m.init_std = key(0.02, "standard deviation of the initial weights", gt=0)
@@ -108,6 +120,19 @@ def _schema() -> Section:
                          "losses", ge=0)
     t.spike_window = key(100, "losses that the spike check compares with", gt=0)
     t.max_skips_in_a_row = key(10, "this many skipped updates in a row end the run (it is not recovering)", gt=0)
+
+    # What the model learns to predict from each packed row; objectives/<name>.py says how the row is turned into
+    # an example (inputs, targets, loss weights) and which families can learn it.
+    c.objective = ob = Section()
+    ob.name = key("", "'': the family's default | causal_lm | prefix_lm | masked_lm | span_corruption",
+                  ("", "causal_lm", "prefix_lm", "masked_lm", "span_corruption"))
+    ob.mask_rate = key(0.15, "masked_lm: fraction of the (non-special) tokens to predict", gt=0, lt=1)
+    ob.mask_token_frac = key(0.8, "masked_lm: of those, the fraction replaced by [MASK]", ge=0, le=1)
+    ob.random_token_frac = key(0.1, "masked_lm: ... the fraction replaced by a random token (the rest stay)",
+                               ge=0, le=1)
+    ob.whole_word = key(False, "masked_lm: mask whole words (needs data.tokenizer=sentencepiece)")
+    ob.noise_density = key(0.15, "span_corruption: fraction of each document's tokens to corrupt", gt=0, lt=1)
+    ob.mean_span = key(3.0, "span_corruption: mean length of a corrupted span", ge=1)
 
     c.optimizer = o = Section()
     o.lr = key(2e-3, "peak learning rate", gt=0)

@@ -141,8 +141,9 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # What a received file (a checkpoint, an exported .safetensors) may set: the model, its tokenizer, and what describes
 # the evaluation data and shapes. How this machine runs (runtime.*, mesh.*, sharding.*, checkpoint.*, profile.*,
 # monitor.*, reader counts) stays the user's own: a file could otherwise set XLA_FLAGS or a coordinator to dial.
-RECEIVED_SECTIONS = ("model.", "data.", "sample.")
-RECEIVED_KEYS = ("model_preset", "train.seq_len", "train.global_batch", "train.eval_batches")
+RECEIVED_SECTIONS = ("model.", "objective.", "data.", "sample.")
+# train.seed: the validation examples of masked LM and span corruption are drawn with it
+RECEIVED_KEYS = ("model_preset", "train.seq_len", "train.global_batch", "train.eval_batches", "train.seed")
 NOT_RECEIVED = ("data.workers", "data.threads", "data.prefetch")
 
 

@@ -139,6 +139,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
                           f"{m.num_kv_heads}; pick num_kv_heads that divides num_heads")
+    if m.positions == "relative" and m.family != "encoder_decoder":
+        raise ConfigError(f"model.positions='relative' (T5's bias) is for model.family='encoder_decoder', not "
+                          f"'{m.family}'; use rope or learned")
+    if m.positions == "learned" and m.family == "encoder_decoder":
+        raise ConfigError("model.family='encoder_decoder' takes model.positions='relative' (T5) or 'rope', not "
+                          "'learned'")
     if m.positions == "rope" and m.head_dim % 2:
         raise ConfigError(f"model.head_dim={m.head_dim} must be even for rope positions")
     if t.seq_len > m.max_seq_len:

@@ -17,9 +17,9 @@ import grain
 import numpy as np
 from grain import IterDataset, MapDataset
 
-from llm_jax.data.packing import Rows, positions_from_segments
+from llm_jax.data.packing import Rows
 
-Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32 [local_batch, seq_len + 1]
+Batch = dict[str, np.ndarray]  # a stack of examples (objectives/example.py): [local_batch, ...] each
 
 
 def compact_dtype(*rows: Rows) -> np.dtype:
@@ -68,21 +68,20 @@ class MemoryRows:
         return {"tokens": self.data[i, 0].astype(np.int32), "segment_ids": self.data[i, 1].astype(np.int32)}
 
 
-class AddPositions(grain.transforms.Map):
-    def map(self, batch: dict) -> Batch:
-        return {**batch, "positions": positions_from_segments(batch["segment_ids"])}
-
-
-def train_stream(sources: Sequence, weights: Sequence[float], seed: int) -> MapDataset:
-    """An endless stream of rows: each source shuffled per epoch with its own seed, mixed by `weights`."""
+def train_stream(sources: Sequence, weights: Sequence[float], seed: int, to_example=None) -> MapDataset:
+    """An endless stream of examples: each source's rows shuffled per epoch with its own seed, mixed by `weights`,
+    then made examples by `to_example` (a grain RandomMap) with a generator seeded from (seed, global index)."""
     streams = [MapDataset.source(s).shuffle(seed=(seed * 1000 + i) % 2**32).repeat() for i, s in enumerate(sources)]
-    return streams[0] if len(streams) == 1 else MapDataset.mix(streams, list(weights))
+    rows = streams[0] if len(streams) == 1 else MapDataset.mix(streams, list(weights))
+    return rows if to_example is None else rows.random_map(to_example, seed=seed)
 
 
-def eval_stream(sources: Sequence) -> MapDataset:
-    """Every validation row of every source in order, wrapping around: each evaluation reads the same rows."""
+def eval_stream(sources: Sequence, seed: int = 0, to_example=None) -> MapDataset:
+    """Every validation row of every source in order, wrapping around, made examples as in training: each
+    evaluation reads the same examples (the same masks and spans, too)."""
     ds = [MapDataset.source(s) for s in sources]
-    return (ds[0] if len(ds) == 1 else MapDataset.concatenate(ds)).repeat()
+    rows = (ds[0] if len(ds) == 1 else MapDataset.concatenate(ds)).repeat()
+    return rows if to_example is None else rows.random_map(to_example, seed=seed)
 
 
 def mark_flags_parsed() -> None:
@@ -109,7 +108,7 @@ class Loader:
 
     def _batches(self, start: int) -> MapDataset:
         local = self.stream[start:].batch(self.local_batch, drop_remainder=True)
-        return local[self.process_index::self.process_count].map(AddPositions())
+        return local[self.process_index::self.process_count]
 
     def batch_at(self, step: int) -> Batch:
         return self._batches(0)[step]

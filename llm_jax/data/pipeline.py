@@ -5,6 +5,7 @@ they are mixed by `data.weights` (default: in proportion to their rows).
 """
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import ml_collections
@@ -16,6 +17,7 @@ from llm_jax.data.loader import Loader, MemoryRows, eval_stream, train_stream
 from llm_jax.data.packing import Rows, pack_documents
 from llm_jax.data.sources import DataError, SourceOptions, SourceStats, expand
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
+from llm_jax.objectives import Objective, ToExample, make_objective
 
 
 @dataclasses.dataclass
@@ -24,6 +26,7 @@ class Data:
     train: Loader
     eval: Loader
     unigram_loss: float  # nats/token of validation targets under the training unigram distribution
+    unigram_accuracy: float  # of always guessing the most frequent training target
     stats: SourceStats
     weights: list[float]  # of the training sources, normalised
 
@@ -46,20 +49,18 @@ def parse_weights(d: ml_collections.ConfigDict, num_sources: int) -> list[float]
     return weights
 
 
-def unigram_loss(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
-    """The loss of the best context-free model: a baseline any trained model must beat by far."""
+def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> tuple[float, float]:
+    """The loss of the best context-free model, and the accuracy of always guessing the most frequent token:
+    baselines any trained model must beat by far."""
     counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0  # add-one
-    return float(-np.log(counts / counts.sum())[eval_tokens].mean())
+    loss = float(-np.log(counts / counts.sum())[eval_tokens].mean())
+    return loss, float((eval_tokens == np.argmax(counts)).mean())
 
 
-def rows_unigram_loss(train: list[Rows], validation: Rows, vocab_size: int) -> float:
-    return unigram_loss(np.concatenate([targets(r) for r in train]), targets(validation), vocab_size)
-
-
-def targets(rows: Rows) -> np.ndarray:
-    """The tokens that the loss predicts (every non-padding token that follows one of its own document)."""
-    seg = rows["segment_ids"]
-    return rows["tokens"][:, 1:][(seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)]
+def rows_baseline(objective: Objective, train: list[Rows], validation: Rows, vocab_size: int) -> tuple[float, float]:
+    """unigram_baseline over the tokens the objective's targets are drawn from."""
+    return unigram_baseline(np.concatenate([objective.scored(r) for r in train]), objective.scored(validation),
+                            vocab_size)
 
 
 def source_options(d: ml_collections.ConfigDict) -> SourceOptions:
@@ -121,48 +122,54 @@ def tokenized_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
     return train, validation
 
 
-def pack_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
-                stats: SourceStats) -> tuple[list[Rows], Rows]:
-    row_len = cfg.train.seq_len + 1
+def pack_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, stats: SourceStats,
+                row_len: int) -> tuple[list[Rows], Rows]:
     train, validation = tokenized_splits(cfg, tokenizer, stats)
     return ([pack_documents(docs, row_len, cfg.data.packing) for docs in train],
             pack_documents(validation, row_len, cfg.data.packing))
 
 
-def make_loaders(cfg: ml_collections.ConfigDict, train_sources: Sequence, eval_source, process_index: int,
-                 process_count: int) -> tuple[Loader, Loader, list[float]]:
+def make_loaders(cfg: ml_collections.ConfigDict, objective: Objective, train_sources: Sequence, eval_source,
+                 process_index: int, process_count: int) -> tuple[Loader, Loader, list[float]]:
     d, t = cfg.data, cfg.train
     sizes = [len(s) for s in train_sources]
     weights = parse_weights(d, len(sizes)) or sizes
     weights = [w / sum(weights) for w in weights]
     kwargs = dict(process_index=process_index, process_count=process_count, workers=d.workers, threads=d.threads,
                   prefetch=d.prefetch)
-    return (Loader(train_stream(train_sources, weights, t.seed), t.global_batch, sum(sizes), **kwargs),
-            Loader(eval_stream([eval_source]), t.global_batch, len(eval_source), **kwargs), weights)
+    to_example = ToExample(objective)
+    return (Loader(train_stream(train_sources, weights, t.seed, to_example), t.global_batch, sum(sizes), **kwargs),
+            Loader(eval_stream([eval_source], t.seed, to_example), t.global_batch, len(eval_source), **kwargs),
+            weights)
 
 
 def make_data(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None, process_index: int = 0,
               process_count: int = 1) -> Data:
     tokenizer = tokenizer or make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
+    objective = make_objective(cfg, tokenizer)
     if cfg.data.corpus == "prepared":
-        train_sources, eval_source, meta = prepared.open_sources(cfg, tokenizer)
-        stats, unigram = prepared.stats_of(meta), meta["unigram_loss"]
+        train_sources, eval_source, meta = prepared.open_sources(cfg, tokenizer, objective.row_len())
+        stats, baseline = prepared.stats_of(meta), (meta["unigram_loss"], meta.get("unigram_accuracy", math.nan))
     else:
         stats = SourceStats()
-        train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
-        unigram = rows_unigram_loss(train_rows, eval_rows, tokenizer.vocab_size)
+        train_rows, eval_rows = pack_splits(cfg, tokenizer, stats, objective.row_len())
+        baseline = rows_baseline(objective, train_rows, eval_rows, tokenizer.vocab_size)
         train_sources, eval_source = [MemoryRows(r) for r in train_rows], MemoryRows(eval_rows)
-    train, evaluation, weights = make_loaders(cfg, train_sources, eval_source, process_index, process_count)
-    return Data(tokenizer, train, evaluation, unigram, stats, weights)
+    train, evaluation, weights = make_loaders(cfg, objective, train_sources, eval_source, process_index,
+                                              process_count)
+    return Data(tokenizer, train, evaluation, *baseline, stats, weights)
 
 
 def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int = prepared.ROWS_PER_SHARD) -> dict:
     """Tokenize and pack the configured corpus once into ArrayRecord shards under `out` (see data/prepared.py)."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
+    objective = make_objective(cfg, tokenizer)
     stats = SourceStats()
-    train_rows, eval_rows = pack_splits(cfg, tokenizer, stats)
-    meta = {"tokenizer": tokenizer.identity(), "seq_len": cfg.train.seq_len, "packing": cfg.data.packing,
+    train_rows, eval_rows = pack_splits(cfg, tokenizer, stats, objective.row_len())
+    loss, accuracy = rows_baseline(objective, train_rows, eval_rows, tokenizer.vocab_size)
+    meta = {"tokenizer": tokenizer.identity(), "seq_len": cfg.train.seq_len, "row_len": objective.row_len(),
+            "objective": objective.name, "packing": cfg.data.packing,
             "sources": source_groups(cfg.data.train_files) if cfg.data.corpus == "files" else [cfg.data.corpus],
-            "unigram_loss": rows_unigram_loss(train_rows, eval_rows, tokenizer.vocab_size),
+            "unigram_loss": loss, "unigram_accuracy": accuracy,
             "tokens": int(sum((r["segment_ids"] != 0).sum() for r in train_rows)), "stats": dict(stats.counts)}
     return prepared.write(out, train_rows, eval_rows, meta, rows_per_shard)

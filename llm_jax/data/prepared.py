@@ -7,7 +7,8 @@ prepared directory:
     train-S-NNNNN.arrayrecord           rows of training source S (one per ';'-separated group of train_files)
     validation-NNNNN.arrayrecord        validation rows
 
-A record is one row: tokens then segment ids, `dtype` from meta.json, 2 x (seq_len + 1) values.
+A record is one row: tokens then segment ids, `dtype` from meta.json, 2 x row_len values (row_len: as the
+objective packs: seq_len + 1 for causal and prefix LM, seq_len for masked LM and span corruption).
 """
 
 import collections
@@ -122,8 +123,10 @@ def _check_fields(path: pathlib.Path, meta: dict) -> None:
             raise _bad(path, f"has a missing or malformed '{field}'")
 
 
-def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[list[RecordRows], RecordRows, dict]:
-    """The prepared sources, after checking that they were made with this tokenizer and sequence length."""
+def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                 row_len: int) -> tuple[list[RecordRows], RecordRows, dict]:
+    """The prepared sources, after checking that they were made with this tokenizer, sequence length and row
+    length (`row_len`: the objective's)."""
     directory = pathlib.Path(cfg.data.prepared_dir)
     meta = read_meta(cfg.data.prepared_dir)
     if meta["tokenizer"]["hash"] != tokenizer.identity()["hash"]:
@@ -132,10 +135,14 @@ def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[
     if meta["seq_len"] != cfg.train.seq_len:
         raise DataError(f"{directory} was prepared for train.seq_len={meta['seq_len']}, the config has "
                         f"{cfg.train.seq_len}; set train.seq_len={meta['seq_len']} or prepare again")
+    prepared_len = meta.get("row_len", meta["seq_len"] + 1)  # older preparations: causal LM rows
+    if prepared_len != row_len:
+        raise DataError(f"{directory} holds rows of {prepared_len} tokens (prepared for objective "
+                        f"{meta.get('objective', 'causal_lm')}); this config's objective reads rows of {row_len}; "
+                        "prepare the data again with this config")
     for shard in [s for source in meta["train"] for s in source["shards"]] + meta["validation"]["shards"]:
         if not (directory / shard).is_file():
             raise DataError(f"{directory / shard} is missing; prepare the data again")
-    row_len = meta["seq_len"] + 1
 
     def rows(source: dict) -> RecordRows:
         """The source's shards, which must open and hold the rows meta.json counts (a cut or swapped shard)."""

@@ -1,13 +1,7 @@
 """Models know shapes and logical axis names only: no mesh, optimizer, data or checkpoint code."""
 
-import ml_collections
+from llm_jax.models.decoder import Decoder
+from llm_jax.models.families import FAMILIES, Family, build_model, family_of, flops_per_token
+from llm_jax.models.stack import unstack_layers
 
-from llm_jax.models.transformer import Transformer, unstack_layers
-
-
-def build_model(model_cfg: ml_collections.ConfigDict) -> Transformer:
-    """The model for a finalized `config.model` section (frozen, so the module is hashable)."""
-    return Transformer(ml_collections.FrozenConfigDict(model_cfg))
-
-
-__all__ = ["Transformer", "build_model", "unstack_layers"]
+__all__ = ["FAMILIES", "Decoder", "Family", "build_model", "family_of", "flops_per_token", "unstack_layers"]

@@ -1,7 +1,7 @@
-"""The decoder-only transformer: a pure function (params, tokens, segment_ids, positions) -> logits.
+"""The decoder-only transformer (GPT, Llama): a pure function (params, tokens, segment_ids, positions) -> logits.
 
 For generation the same function also takes a KV cache, {"k": k_NBSGK, "v": v_NBSGK} (N layers, S slots), and
-returns (logits, new cache); see `init_cache`.
+returns (logits, new cache); see `init_cache`. With `prefix_BL` (prefix LM) a document's prefix attends both ways.
 """
 
 import flax.linen as nn
@@ -9,15 +9,10 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, constrain, dense, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, dense, weight
+from llm_jax.models.stack import run_stack
 
 Array = jax.Array
-
-REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole block in the backward pass
-    # Keep the weight matmuls' outputs, recompute the rest (attention, norms, activations).
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def init_cache(model_cfg: FrozenConfigDict, batch: int, length: int) -> dict[str, Array]:
@@ -33,21 +28,17 @@ class Block(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, segment_ids_BL: Array, positions_BL: Array,
+    def __call__(self, x_BLD: Array, mask_BLS: Array | None, positions_BL: Array,
                  cache: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array] | None]:
         h_BLD = Norm(self.cfg, name="attn_norm")(x_BLD)
-        if cache is None:
-            x_BLD = x_BLD + Attention(self.cfg, name="attn")(h_BLD, segment_ids_BL, positions_BL)
-        else:
-            attn_BLD, cache = Attention(self.cfg, name="attn")(h_BLD, segment_ids_BL, positions_BL, cache)
-            x_BLD = x_BLD + attn_BLD
-        x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
+        attn_BLD, kv = Attention(self.cfg, name="attn")(h_BLD, mask_BLS, positions_BL, cache=cache)
+        x_BLD = constrain(x_BLD + attn_BLD, ("batch", "length", "embed"))
         h_BLD = Norm(self.cfg, name="mlp_norm")(x_BLD)
         x_BLD = x_BLD + Mlp(self.cfg, name="mlp")(h_BLD)
-        return constrain(x_BLD, ("batch", "length", "embed")), cache
+        return constrain(x_BLD, ("batch", "length", "embed")), None if cache is None else kv
 
 
-class Transformer(nn.Module):
+class Decoder(nn.Module):
     """`cfg` is the (finalized, frozen) `config.model` section.
 
     Without a cache: logits_BLV for packed rows (causal, segment_ids keep documents apart). With a cache: each row
@@ -57,9 +48,17 @@ class Transformer(nn.Module):
 
     cfg: FrozenConfigDict
 
+    @staticmethod
+    def inputs(example: dict) -> dict:
+        """The model's arguments from an example (objectives/example.py): a prefix mask if the objective has one."""
+        args = {"tokens_BL": example["inputs"], "segment_ids_BL": example["segment_ids"],
+                "positions_BL": example["positions"]}
+        return {**args, "prefix_BL": example["prefix"]} if "prefix" in example else args
+
     @nn.compact
     def __call__(self, tokens_BL: Array, segment_ids_BL: Array, positions_BL: Array,
-                 cache: dict[str, Array] | None = None) -> Array | tuple[Array, dict[str, Array]]:
+                 cache: dict[str, Array] | None = None,
+                 prefix_BL: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
         c = self.cfg
         V, D = c.vocab_size, c.d_model
         embed_VD = weight(self, "embedding", (V, D), ("vocab", "embed"), c)
@@ -69,25 +68,10 @@ class Transformer(nn.Module):
             x_BLD = x_BLD + jnp.take(pos_PD, positions_BL, axis=0)
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
-        block = Block
-        if c.remat != "none":
-            # Under scan, the loop boundary already stops XLA from merging the recomputation away.
-            block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-        # Each layer gets its (k, v) slice of the cache and hands back the updated one.
+        # The mask is made once for all layers; with a cache, each layer makes it from its slots.
+        mask_BLS = attention_mask(segment_ids_BL, prefix_BL) if cache is None else None
         layer_caches = () if cache is None else ((cache["k"], cache["v"]),)
-        if c.scan_layers:
-            # One compiled block applied num_layers times: compile time does not grow with depth.
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast, *(0,) * len(layer_caches)), length=c.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BLD, new_cache = stack(c, name="layers")(x_BLD, segment_ids_BL, positions_BL, *layer_caches)
-        else:
-            new = []
-            for i in range(c.num_layers):
-                layer_cache = [jax.tree.map(lambda a, i=i: a[i], lc) for lc in layer_caches]
-                x_BLD, layer_new = block(c, name=f"layer_{i}")(x_BLD, segment_ids_BL, positions_BL, *layer_cache)
-                new.append(layer_new)
-            new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new)
+        x_BLD, new_cache = run_stack(Block, c, c.num_layers, x_BLD, (mask_BLS, positions_BL), layer_caches)
 
         x_BLD = Norm(c, name="final_norm")(x_BLD)
         if c.tie_embeddings:
@@ -100,12 +84,3 @@ class Transformer(nn.Module):
             return logits_BLV
         k_NBSGK, v_NBSGK = new_cache
         return logits_BLV, {"k": k_NBSGK, "v": v_NBSGK}
-
-
-def unstack_layers(params: dict, num_layers: int) -> dict:
-    """Scanned params ('layers' with a leading layer axis) -> unrolled ones ('layer_0', 'layer_1', ...)."""
-    params = dict(params)
-    stacked = params.pop("layers")
-    for i in range(num_layers):
-        params[f"layer_{i}"] = jax.tree.map(lambda w, i=i: w[i], stacked)
-    return params

@@ -13,12 +13,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
+from llm_jax.models.layout import constrain
+
 Array = jax.Array
-
-
-def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
-    """Pin an activation's layout by logical names; a no-op unless the caller set a mesh and axis rules."""
-    return nn.with_logical_constraint(x, axes)
 
 
 def weight(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
@@ -77,12 +74,20 @@ def rope(x_BLHK: Array, positions_BL: Array, theta: float) -> Array:
     return out.astype(x_BLHK.dtype)
 
 
-def attention_mask(segment_ids_BL: Array) -> Array:
-    """[B, L, S] True where query L may see key S: causal, and only inside its own packed document."""
+def attention_mask(segment_ids_BL: Array, prefix_BL: Array | None = None) -> Array:
+    """[B, L, S] True where query L may see key S: causal, and only inside its own packed document. With
+    `prefix_BL` (prefix LM), keys in a document's prefix are visible to every query of that document."""
     L = segment_ids_BL.shape[1]
-    causal_LS = jnp.tril(jnp.ones((L, L), dtype=bool))
-    same_doc_BLS = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
-    return causal_LS[None] & same_doc_BLS
+    visible_BLS = jnp.tril(jnp.ones((L, L), dtype=bool))[None]
+    if prefix_BL is not None:
+        visible_BLS = visible_BLS | prefix_BL.astype(bool)[:, None, :]
+    return visible_BLS & (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])
+
+
+def bidirectional_mask(q_segment_ids_BL: Array, kv_segment_ids_BS: Array) -> Array:
+    """[B, L, S] True where query L and key S belong to the same packed document (encoders, cross-attention).
+    Padding (segment 0) sees only padding: its rows stay finite and its outputs are never read."""
+    return q_segment_ids_BL[:, :, None] == kv_segment_ids_BS[:, None, :]
 
 
 def write_cache(cache: tuple[Array, Array], k_BLGK: Array, v_BLGK: Array,
@@ -103,43 +108,72 @@ def write_cache(cache: tuple[Array, Array], k_BLGK: Array, v_BLGK: Array,
     return k_BSGK, v_BSGK, mask_BLS
 
 
-class Attention(nn.Module):
-    """Causal grouped-query self-attention (G = H is multi-head, G = 1 multi-query).
+def bias(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
+         cfg: FrozenConfigDict) -> Array:
+    """A zero-initialised bias (only with model.use_bias), cast to the compute dtype."""
+    return weight(module, name, shape, axes, cfg, nn.initializers.zeros)
 
-    With `cache` = (k_BSGK, v_BSGK) of the earlier tokens, attends over the cache and returns (out, new cache).
+
+class Attention(nn.Module):
+    """Grouped-query attention (G = H is multi-head, G = 1 multi-query) of x over itself or over `kv_BSD`.
+
+    `mask_BLS` says which keys each query sees (see attention_mask / bidirectional_mask). With `cache` = (k_BSGK,
+    v_BSGK) of the earlier tokens, this call's keys/values are written at slots `positions_BL` and the mask comes
+    from the cache. With `fixed_kv`, those keys/values are used as they are (a cross-attention cache computed
+    once). `bias_BHLS` is added to the scores (T5's relative positions; B may be 1). Returns (out_BLD, (k_BSGK,
+    v_BSGK)): the keys/values attended over, which are the updated cache when `cache` is given.
     """
 
     cfg: FrozenConfigDict
+    scale_scores: bool = True  # T5 folds 1/sqrt(head_dim) into its initialisation instead
 
     @nn.compact
-    def __call__(self, x_BLD: Array, segment_ids_BL: Array, positions_BL: Array,
-                 cache: tuple[Array, Array] | None = None) -> Array | tuple[Array, tuple[Array, Array]]:
+    def __call__(self, x_BLD: Array, mask_BLS: Array | None, positions_BL: Array | None = None, *,
+                 kv_BSD: Array | None = None, cache: tuple[Array, Array] | None = None,
+                 fixed_kv: tuple[Array, Array] | None = None,
+                 bias_BHLS: Array | None = None) -> tuple[Array, tuple[Array, Array]]:
         c = self.cfg
         D, H, G, K = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         B, L, _ = x_BLD.shape
         out_init = nn.initializers.normal(c.init_std / (2 * c.num_layers) ** 0.5)  # GPT-2 residual scaling
-        wq_DHK = weight(self, "wq", (D, H, K), ("embed", "heads", "kv"), c)
+        # Unscaled scores take 1/sqrt(K) in the queries' initialisation instead (T5), so both start as one function.
+        q_init = None if self.scale_scores else nn.initializers.normal(c.init_std * K**-0.5)
+        wq_DHK = weight(self, "wq", (D, H, K), ("embed", "heads", "kv"), c, q_init)
         wk_DGK = weight(self, "wk", (D, G, K), ("embed", "kv_heads", "kv"), c)
         wv_DGK = weight(self, "wv", (D, G, K), ("embed", "kv_heads", "kv"), c)
         wo_HKD = weight(self, "wo", (H, K, D), ("heads", "kv", "embed"), c, out_init)
+        rope_kv = c.positions == "rope" and kv_BSD is None and fixed_kv is None  # self-attention only
 
         q_BLHK = dense(x_BLD, wq_DHK)
-        k_BSGK = dense(x_BLD, wk_DGK)
-        v_BSGK = dense(x_BLD, wv_DGK)
+        if fixed_kv is None:
+            k_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wk_DGK)
+            v_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wv_DGK)
+        else:
+            k_BSGK, v_BSGK = fixed_kv
+        if c.use_bias:
+            q_BLHK = q_BLHK + bias(self, "bq", (H, K), ("heads", "kv"), c)
+            bk_GK = bias(self, "bk", (G, K), ("kv_heads", "kv"), c)
+            bv_GK = bias(self, "bv", (G, K), ("kv_heads", "kv"), c)
+            if fixed_kv is None:
+                k_BSGK, v_BSGK = k_BSGK + bk_GK, v_BSGK + bv_GK
         if c.qk_norm:
             q_BLHK = Norm(c, axis_name="kv", name="q_norm")(q_BLHK)
-            k_BSGK = Norm(c, axis_name="kv", name="k_norm")(k_BSGK)
-        if c.positions == "rope":
+            if fixed_kv is None:
+                k_BSGK = Norm(c, axis_name="kv", name="k_norm")(k_BSGK)
+        if rope_kv:
             q_BLHK = rope(q_BLHK, positions_BL, c.rope_theta)
             k_BSGK = rope(k_BSGK, positions_BL, c.rope_theta)
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
-        if cache is None:
-            mask_BLS = attention_mask(segment_ids_BL)
-        else:  # S is now the cache length; the new keys/values (S = L above) go into it
+        if cache is not None:  # S is now the cache length; the new keys/values (S = L above) go into it
             k_BSGK, v_BSGK, mask_BLS = write_cache(cache, k_BSGK, v_BSGK, positions_BL)
 
         q_BLGRK = q_BLHK.reshape(B, L, G, H // G, K)
-        scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32) * K**-0.5
+        scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
+        if self.scale_scores:
+            scores_BGRLS = scores_BGRLS * K**-0.5
+        if bias_BHLS is not None:
+            S = scores_BGRLS.shape[-1]
+            scores_BGRLS = scores_BGRLS + bias_BHLS.astype(jnp.float32).reshape(-1, G, H // G, L, S)
         mask_B11LS = mask_BLS[:, None, None]
         # A large finite negative (not -inf) keeps fully masked rows (padding) finite instead of NaN.
         scores_BGRLS = jnp.where(mask_B11LS, scores_BGRLS, jnp.finfo(jnp.float32).min)
@@ -148,11 +182,13 @@ class Attention(nn.Module):
                                preferred_element_type=jnp.float32).astype(c.dtype)
         out_BLHK = constrain(out_BLGRK.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
         out_BLD = dense(out_BLHK, wo_HKD, n_in=2)
-        return out_BLD if cache is None else (out_BLD, (k_BSGK, v_BSGK))
+        if c.use_bias:
+            out_BLD = out_BLD + bias(self, "bo", (D,), ("embed",), c)
+        return out_BLD, (k_BSGK, v_BSGK)
 
 
 class Mlp(nn.Module):
-    """SwiGLU (Llama) or GELU (GPT-2) feed-forward."""
+    """Feed-forward: gated (SwiGLU as in Llama, GeGLU as in T5 v1.1) or plain GELU (GPT-2's tanh form, BERT's erf)."""
 
     cfg: FrozenConfigDict
 
@@ -161,11 +197,16 @@ class Mlp(nn.Module):
         c = self.cfg
         D, F = c.d_model, c.mlp_dim
         out_init = nn.initializers.normal(c.init_std / (2 * c.num_layers) ** 0.5)
-        if c.mlp == "swiglu":
-            gate_BLF = dense(x_BLD, weight(self, "wi_gate", (D, F), ("embed", "mlp"), c))
-            up_BLF = dense(x_BLD, weight(self, "wi_up", (D, F), ("embed", "mlp"), c))
-            h_BLF = jax.nn.silu(gate_BLF) * up_BLF
+
+        def project(name: str) -> Array:
+            h_BLF = dense(x_BLD, weight(self, name, (D, F), ("embed", "mlp"), c))
+            return h_BLF + bias(self, f"b{name[1:]}", (F,), ("mlp",), c) if c.use_bias else h_BLF
+
+        if c.mlp in ("swiglu", "geglu"):
+            act = jax.nn.silu if c.mlp == "swiglu" else jax.nn.gelu
+            h_BLF = act(project("wi_gate")) * project("wi_up")
         else:
-            h_BLF = jax.nn.gelu(dense(x_BLD, weight(self, "wi", (D, F), ("embed", "mlp"), c)))
+            h_BLF = jax.nn.gelu(project("wi"), approximate=c.mlp == "gelu")
         h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
-        return dense(h_BLF, weight(self, "wo", (F, D), ("mlp", "embed"), c, out_init))
+        out_BLD = dense(h_BLF, weight(self, "wo", (F, D), ("mlp", "embed"), c, out_init))
+        return out_BLD + bias(self, "bo", (D,), ("embed",), c) if c.use_bias else out_BLD

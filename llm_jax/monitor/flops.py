@@ -1,6 +1,7 @@
 """Model FLOPs per token and peak FLOP/s, for MFU (model FLOPs utilisation = achieved model FLOP/s / peak).
 
-Training FLOPs per token (the PaLM appendix B formula, no causal discount, 3x forward for forward + backward):
+Training FLOPs per token, as each model family counts them (models/families.py). For a decoder (the PaLM appendix
+B formula, no causal discount, 3x forward for forward + backward):
 
     6 * N_matmul + 12 * num_layers * num_heads * head_dim * seq_len
 
@@ -19,6 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from llm_jax import models
 
 # (substring of jax's device_kind, dense bf16 FLOP/s per JAX device), most specific first. TPU v2/v3 expose each
 # core as a device; later TPUs one device per chip.
@@ -66,15 +69,10 @@ def peak_flops(mesh_devices, dtype: str, peak_tflops: float = 0.0, cpu_matmul: i
     return flops * len(devices), f"the bf16 peak of {devices[0].device_kind}"
 
 
-def matmul_params(m: ml_collections.ConfigDict) -> int:
-    attn = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
-    mlp = (3 if m.mlp == "swiglu" else 2) * m.d_model * m.mlp_dim
-    return m.num_layers * (attn + mlp) + m.d_model * m.vocab_size
-
-
-def flops_per_token(m: ml_collections.ConfigDict, seq_len: int) -> float:
-    """Training (forward + backward) FLOPs per token of a finalized `config.model`."""
-    return 6.0 * matmul_params(m) + 12.0 * m.num_layers * m.num_heads * m.head_dim * seq_len
+def flops_per_token(m: ml_collections.ConfigDict, seq_len: int, target_len: int = 0) -> float:
+    """Training (forward + backward) FLOPs per input token of a finalized `config.model`, as its family counts
+    them (models/families.py; `target_len`: an encoder-decoder example's decoder length)."""
+    return models.flops_per_token(m, seq_len, target_len)
 
 
 def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5,

@@ -10,10 +10,10 @@ import statistics
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 
+from llm_jax.models.layout import on_mesh
 from llm_jax.monitor.flops import flops_per_token, peak_flops
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.setup import build_run
@@ -53,7 +53,7 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
     print_fn(f"model preset '{run.cfg.model_preset}': {run.num_params / 1e6:.1f}M parameters, "
              f"batch {t.global_batch} x {t.seq_len} tokens, {run.mesh.size} device(s) {dict(run.mesh.shape)}")
 
-    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    with on_mesh(run.mesh, run.rules):
         start = time.perf_counter()
         compiled = run.jit_train.lower(state, batches[0]).compile()
         compile_s = time.perf_counter() - start

@@ -16,11 +16,11 @@ import subprocess
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer
+from llm_jax.models.layout import on_mesh
 from llm_jax.parallel.sharding import to_global
 from llm_jax.train.loop import run_meta
 from llm_jax.train.setup import Run, build_run
@@ -75,7 +75,7 @@ def _dd_mb_per_s(directory: pathlib.Path, mb: int) -> float:
 
 def _measure(run: Run, ckpt: Checkpointer, steps: int) -> dict:
     """All the timings, on the run's mesh; the state is donated from step to step as in the train loop."""
-    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    with on_mesh(run.mesh, run.rules):
         state, _ = _timed_steps(run, run.state, 1)  # compilation
         state, step_times = _timed_steps(run, state, steps)
 

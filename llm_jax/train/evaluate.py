@@ -1,4 +1,5 @@
-"""Evaluation: mean loss per token, perplexity and bits per byte over the same validation batches every time."""
+"""Evaluation: mean loss per target token, perplexity, bits per byte and accuracy (the most likely token is the
+target) over the same validation batches every time."""
 
 import dataclasses
 import functools
@@ -18,14 +19,14 @@ from llm_jax.train.step import eval_step
 
 @dataclasses.dataclass
 class Evaluator:
-    jit_eval: jax.stages.Wrapped  # (params, batch, token_bytes_V) -> {loss_sum, tokens, bytes}
+    jit_eval: jax.stages.Wrapped  # (params, batch, token_bytes_V) -> {loss_sum, tokens, bytes, correct}
     loader: Loader  # the validation split
     batch_sharding: NamedSharding
     token_bytes: jax.Array  # [V] UTF-8 bytes per token id
     num_batches: int
 
     def __call__(self, params: Any) -> dict[str, float]:
-        """{loss, perplexity, bpb} over the first `num_batches` validation batches."""
+        """{loss, perplexity, bpb, accuracy} over the first `num_batches` validation batches."""
         totals = [self.jit_eval(params, to_global(self.loader.batch_at(i), self.batch_sharding), self.token_bytes)
                   for i in range(self.num_batches)]
         totals = jax.device_get(totals)
@@ -33,7 +34,8 @@ class Evaluator:
         tokens, nbytes = sum(float(t["tokens"]) for t in totals), sum(float(t["bytes"]) for t in totals)
         loss = loss_sum / max(tokens, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-                "bpb": loss_sum / (math.log(2) * nbytes) if nbytes else math.nan}
+                "bpb": loss_sum / (math.log(2) * nbytes) if nbytes else math.nan,
+                "accuracy": sum(float(t["correct"]) for t in totals) / max(tokens, 1.0)}
 
 
 def make_evaluator(model: nn.Module, mesh: Mesh, tokenizer: Tokenizer, vocab_size: int, params_sh: Any,

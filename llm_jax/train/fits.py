@@ -20,7 +20,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.config.load import ConfigError
 from llm_jax.config.validate import mesh_axes
+from llm_jax.models.families import attention_params, mlp_params
 from llm_jax.monitor.hardware import GIB, physical_memory_bytes
+from llm_jax.objectives.example import ExampleSpec
 from llm_jax.train.state import abstract_params
 
 
@@ -31,10 +33,11 @@ def _bytes_on_one_device(leaf: jax.ShapeDtypeStruct, sharding: NamedSharding) ->
     return math.prod(-(-dim // n) for dim, n in zip(leaf.shape, ways, strict=True)) * leaf.dtype.itemsize
 
 
-def state_bytes(model: nn.Module, seq_len: int, tx: optax.GradientTransformation,
+def state_bytes(model: nn.Module, example: ExampleSpec | int, tx: optax.GradientTransformation,
                 params_sh: Any) -> tuple[int, int]:
-    """(parameter count, bytes of parameters + optimizer state on one device), from shapes only."""
-    params = nn.unbox(abstract_params(model, seq_len))
+    """(parameter count, bytes of parameters + optimizer state on one device), from shapes only. `example`: the
+    objective's example spec (an int: a decoder example of that length)."""
+    params = nn.unbox(abstract_params(model, example))
     opt = jax.eval_shape(tx.init, params)
     # Optimizer moments are sharded like their parameters (as create_train_state places them); scalars replicated.
     opt_bytes = optax.tree_map_params(tx, _bytes_on_one_device, opt, params_sh,
@@ -57,11 +60,12 @@ def device_memory(devices: list) -> tuple[int, list] | None:
 def param_count_from_config(m: ml_collections.ConfigDict) -> int:
     """Parameters of the model a (finalized) `model` config describes, from its sizes alone (norms left out):
     counted before a module is built, since building one with a million layers is itself the problem."""
-    mlp_mats = 3 if m.mlp == "swiglu" else 2
-    layer = 2 * m.d_model * m.num_heads * m.head_dim + 2 * m.d_model * m.num_kv_heads * m.head_dim
-    layer += mlp_mats * m.d_model * m.mlp_dim
+    layer = attention_params(m) + mlp_params(m)
+    # An encoder-decoder's decoder layers also cross-attend.
+    decoder = (m.num_decoder_layers or m.num_layers) * (layer + attention_params(m)) \
+        if m.family == "encoder_decoder" else 0
     embed = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
-    return embed + m.num_layers * layer + (m.max_seq_len * m.d_model if m.positions == "learned" else 0)
+    return embed + m.num_layers * layer + decoder + (m.max_seq_len * m.d_model if m.positions == "learned" else 0)
 
 
 def check_size(cfg: ml_collections.ConfigDict, devices: list, copies: int) -> None:
@@ -95,10 +99,10 @@ def activation_floor_bytes(cfg: ml_collections.ConfigDict, mesh: Mesh) -> int:
 
 
 def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, params_sh: Any,
-               mesh: Mesh) -> None:
+               mesh: Mesh, example: ExampleSpec) -> None:
     """Raise ConfigError when parameters + optimizer state exceed a device's memory (on CPU: the RAM that this
     process's CPU devices share). Devices that do not report their memory are not checked."""
-    count, per_device = state_bytes(model, cfg.train.seq_len, tx, params_sh)
+    count, per_device = state_bytes(model, example, tx, params_sh)
     per_device += activation_floor_bytes(cfg, mesh)
     memory = device_memory(list(mesh.devices.flat))
     if memory is None:

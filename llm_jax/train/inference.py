@@ -16,6 +16,7 @@ from llm_jax.checkpoint.params import abstract_like, exported_config, find_step_
 from llm_jax.config.load import ConfigError, config_from_saved
 from llm_jax.data.pipeline import make_data
 from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.models.layout import on_mesh
 from llm_jax.parallel.runtime import init_runtime
 from llm_jax.parallel.sharding import batch_sharding
 from llm_jax.train.evaluate import make_evaluator
@@ -63,8 +64,8 @@ def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: l
         print(f"note: {source}'s config keys for how to run are not taken from a file (only model, tokenizer and "
               f"data keys are), defaults used: {', '.join(ignored)}; set any you need with --config.KEY=VALUE")
     init_runtime(cfg)
-    cfg, mesh, model, tokenizer, params_sh = prepare(cfg, check_data=check_data, fit_copies=1)
-    abstract = abstract_like(nn.unbox(abstract_params(model, cfg.train.seq_len)), params_sh)
+    cfg, mesh, model, tokenizer, params_sh, objective = prepare(cfg, check_data=check_data, fit_copies=1)
+    abstract = abstract_like(nn.unbox(abstract_params(model, objective.spec())), params_sh)
     params, meta = load_params(source, abstract)
     check_compatible(meta, tokenizer.identity(), source)
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
@@ -73,14 +74,15 @@ def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: l
 
 
 def evaluate_trained(trained: Trained) -> dict[str, float]:
-    """{loss, perplexity, bpb} on the run's validation batches: the numbers its training logged at that step."""
+    """{loss, perplexity, bpb, accuracy} on the run's validation batches: the numbers its training logged at that
+    step."""
     cfg, mesh = trained.cfg, trained.mesh
     data = make_data(cfg, trained.tokenizer, jax.process_index(), jax.process_count())
     try:
         params_sh = jax.tree.map(lambda x: x.sharding, trained.params)
         evaluator = make_evaluator(trained.model, mesh, trained.tokenizer, cfg.model.vocab_size, params_sh,
                                    batch_sharding(mesh, trained.rules), data.eval, cfg.train.eval_batches)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(trained.rules):
+        with on_mesh(mesh, trained.rules):
             return evaluator(trained.params)
     finally:
         data.train.close()

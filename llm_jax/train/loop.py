@@ -13,21 +13,21 @@ import pathlib
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 
 from llm_jax.checkpoint.manager import Checkpointer, CheckpointError, check_compatible
 from llm_jax.checkpoint.params import abstract_like, load_params
 from llm_jax.config.load import ConfigError
+from llm_jax.models.layout import on_mesh
 from llm_jax.monitor.flops import flops_per_token, peak_flops
 from llm_jax.monitor.profile import Profiler
 from llm_jax.monitor.record import run_record, write_run_record
 from llm_jax.monitor.writers import Writers
 from llm_jax.parallel.sharding import to_global
+from llm_jax.train.hooks import Hooks, hooks_for
 from llm_jax.train.preemption import StopRequest, agree_any
 from llm_jax.train.resume import ResumePoint, choose, restore, shown
-from llm_jax.train.sample import generate
 from llm_jax.train.setup import Run, build_run, prepare
 from llm_jax.train.steplog import DivergedError, StepLog
 from llm_jax.train.watchdog import Watchdog
@@ -84,8 +84,8 @@ def init_from(run: Run, path: str) -> int | None:
     return source["step"]
 
 
-def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int, stop: StopRequest,
-           profiler: Profiler, watchdog: Watchdog) -> int:
+def _steps(run: Run, hooks: Hooks, ckpt: Checkpointer, writers: Writers, log: StepLog, start: int,
+           stop: StopRequest, profiler: Profiler, watchdog: Watchdog) -> int:
     """Run the steps from `start` on, evaluating, sampling and saving as configured; return the last step done (less
     than train.steps when a stop was requested: then a checkpoint of that step has been written)."""
     t, state, pending = run.cfg.train, run.state, None
@@ -115,12 +115,14 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
             run.state = state
             if save_now:
                 ckpt.save(done, state, run.data.train.get_state(), run_meta(run))
+                for hook in hooks.on_save:
+                    hook(run, done)
             if stopping:
                 return done
             if evaluate_now:
-                evaluation(run, writers, done)
+                evaluation(run, hooks, writers, done)
             if sample_now:
-                writers.text(done, "samples", _sample(run))
+                writers.text(done, "samples", hooks.sample(run))
             log.exclude(time.perf_counter() - paused)
             watchdog.beat(f"step {done}")
     if pending is not None:
@@ -129,11 +131,13 @@ def _steps(run: Run, ckpt: Checkpointer, writers: Writers, log: StepLog, start: 
     return t.steps
 
 
-def evaluation(run: Run, writers: Writers, step: int) -> dict[str, float]:
+def evaluation(run: Run, hooks: Hooks, writers: Writers, step: int) -> dict[str, float]:
     metrics = run.evaluate(run.state.params)
+    for hook in hooks.evaluate:
+        metrics.update(hook(run))
     writers.scalars(step, metrics, prefix="eval_")
     writers.print(f"eval at step {step}: loss {metrics['loss']:.4f} | perplexity {metrics['perplexity']:.2f} | "
-                  f"{metrics['bpb']:.4f} bits per byte")
+                  f"{metrics['bpb']:.4f} bits per byte | accuracy {metrics['accuracy']:.2%}")
     return metrics
 
 
@@ -170,7 +174,8 @@ def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpoint
         writers.print(f"data: {data.train.num_rows:,} train rows, {data.eval.num_rows:,} validation rows{mix} | "
                       f"{data.stats.summary()}")
     writers.print(f"tokenizer: {data.tokenizer.kind} ({data.tokenizer.vocab_size} tokens) | tokens per step: "
-                  f"{t.global_batch * t.seq_len:,} | unigram baseline loss: {data.unigram_loss:.4f}")
+                  f"{t.global_batch * t.seq_len:,} | objective {run.objective.name} | unigram baseline loss: "
+                  f"{data.unigram_loss:.4f}, accuracy {data.unigram_accuracy:.2%}")
     return writers, peak
 
 
@@ -215,11 +220,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
             return Result([], math.nan, data.unigram_loss, "", math.nan, math.nan, start, stopped_at=start)
         writers, peak = _start(run, workdir, point, ckpt)
         log = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"])),
-                      flops_per_token(cfg.model, t.seq_len), peak)
+                      flops_per_token(cfg.model, t.seq_len, run.objective.target_len), peak)
         profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)
         watchdog = cleanup.enter_context(contextlib.closing(Watchdog(cfg.runtime.step_timeout_s)))
-        with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-            last = _steps(run, ckpt, writers, log, start, stop, profiler, watchdog)
+        with on_mesh(mesh, run.rules):
+            hooks = hooks_for(run)
+            last = _steps(run, hooks, ckpt, writers, log, start, stop, profiler, watchdog)
             profiler.stop(run.state)
             if last < t.steps:
                 ckpt.wait()
@@ -229,14 +235,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
                 writers.close()
                 return Result(log.losses, math.nan, data.unigram_loss, "", log.compile_s, log.tokens_per_s, start,
                               stopped_at=last, steady_step_s=log.steady_step_s)
-            final = evaluation(run, writers, t.steps)
-            sample = _sample(run)
+            final = evaluation(run, hooks, writers, t.steps)
+            sample = hooks.sample(run)
     writers.text(t.steps, "samples", sample)
     writers.end_hparams()
     if writers.enabled:
         (workdir / "samples.txt").write_text(sample + "\n")
     writers.print(f"\nvalidation loss {final['loss']:.4f} (perplexity {final['perplexity']:.2f}, {final['bpb']:.4f} "
-                  f"bits per byte) | unigram baseline {data.unigram_loss:.4f} | {log.tokens_per_s:,.0f} tok/s | "
+                  f"bits per byte, accuracy {final['accuracy']:.2%}) | unigram baseline {data.unigram_loss:.4f} "
+                  f"(accuracy {data.unigram_accuracy:.2%}) | {log.tokens_per_s:,.0f} tok/s | "
                   f"compile {log.compile_s:.1f}s, then {log.steady_step_s * 1e3:.1f} ms per step\n--- sample ---\n"
                   f"{sample}\n--------------")
     writers.print(f"metrics: {workdir / 'metrics.jsonl'} | samples: {workdir / 'samples.txt'} | log: "
@@ -246,11 +253,3 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     writers.close()
     return Result(log.losses, final["loss"], data.unigram_loss, sample, log.compile_s, log.tokens_per_s, start,
                   eval_metrics=final, steady_step_s=log.steady_step_s)
-
-
-def _sample(run: Run) -> str:
-    s, tok = run.cfg.sample, run.data.tokenizer
-    new_ids = generate(run.state.model, run.state.params, [tok.encode(s.prompt)], s.max_new_tokens,
-                       run.cfg.train.seq_len, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                       seed=s.seed)[0]
-    return s.prompt + tok.decode(new_ids)

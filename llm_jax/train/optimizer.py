@@ -4,8 +4,9 @@ import jax
 import ml_collections
 import optax
 
-NEVER_DECAYED = ("scale", "bias")  # norm parameters
-EMBEDDINGS = ("embedding", "pos_embedding")
+# Norm scales and biases, and the projections' biases (models/layers.py: bq, bk, bv, bo, bi, bi_gate, bi_up).
+NEVER_DECAYED = ("scale", "bias", "bq", "bk", "bv", "bo", "bi", "bi_gate", "bi_up")
+EMBEDDINGS = ("embedding", "pos_embedding", "type_embedding")
 
 
 def make_schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:

@@ -18,18 +18,18 @@ import pathlib
 import time
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
 from llm_jax.config.load import ConfigError, load_module
 from llm_jax.config.validate import MESH_AXES, finalize, resolve_mesh, shards_of, uses_dcn, validate
 from llm_jax.data.tokenizer import make_tokenizer
+from llm_jax.models.layout import on_mesh
 from llm_jax.monitor.flops import flops_per_token
 from llm_jax.monitor.hardware import GIB, Hardware, hardware, kind_for_preset
 from llm_jax.monitor.hlo import Collective, StepCost, step_cost
+from llm_jax.objectives import extra_tokens
 from llm_jax.parallel.sharding import batch_sharding, replicated
 from llm_jax.train.setup import optimizer_and_options, prepare
 from llm_jax.train.state import TrainState, create_train_state
@@ -131,7 +131,7 @@ class Plan:
 def _plain_mesh_config(cfg: ml_collections.ConfigDict, target: Target):
     """Validate for the target (with its processes and slices), then fold each DCN axis into its mesh axis: one
     process's fake devices cannot be laid out over slices, and per-device memory and FLOPs do not care."""
-    cfg = finalize(cfg, make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path).vocab_size)
+    cfg = finalize(cfg, make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path).vocab_size + extra_tokens(cfg))
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * target.devices
     granules = target.granules(cfg)
@@ -152,6 +152,7 @@ class AbstractStep(NamedTuple):
     batch: dict[str, jax.ShapeDtypeStruct]
     ici: dict[str, int]
     dcn: dict[str, int]
+    target_len: int  # the decoder length of an encoder-decoder example (for its FLOPs), else 0
 
     def bytes_per_device(self, tree) -> int:
         """Exact: each leaf's shard shape x dtype size, under its sharding."""
@@ -163,20 +164,21 @@ def abstract_step(cfg: ml_collections.ConfigDict, target: Target, devices: list)
     if len(devices) != target.devices:
         raise ValueError(f"a plan for {target.devices} devices got {len(devices)}")
     cfg, ici, dcn = _plain_mesh_config(cfg, target)
-    cfg, mesh, model, _, params_sh = prepare(cfg, devices, check_data=False, fit_copies=0)
+    cfg, mesh, model, _, params_sh, objective = prepare(cfg, devices, check_data=False, fit_copies=0)
     t = cfg.train
-    tx, options = optimizer_and_options(cfg)  # as build_run() makes them
+    tx, options = optimizer_and_options(cfg, objective)  # as build_run() makes them
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
     shardings = {}
 
     def build():  # the real state creation, traced by eval_shape (nothing allocated); shardings come out here
-        state, shardings["state"] = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
+        state, shardings["state"] = create_train_state(model, tx, options, t.seed, objective.spec(), mesh, rules,
+                                                       params_sh)
         return state
 
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(build),
                          shardings["state"])
-    row = jax.ShapeDtypeStruct((t.global_batch, t.seq_len + 1), jnp.int32, sharding=batch_sharding(mesh, rules))
-    return AbstractStep(cfg, mesh, rules, state, {"tokens": row, "segment_ids": row, "positions": row}, ici, dcn)
+    batch = objective.spec().abstract(t.global_batch, batch_sharding(mesh, rules))
+    return AbstractStep(cfg, mesh, rules, state, batch, ici, dcn, objective.target_len)
 
 
 # The program is never run: LLVM's optimisations only cost time (half the compile; HLO, memory and costs unchanged).
@@ -186,9 +188,9 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 def plan(cfg: ml_collections.ConfigDict, target: Target, hw: Hardware, devices: list) -> Plan:
     """Compile the real train step for `target` on `devices` (fake CPU devices will do) and read the plan off it."""
     a = abstract_step(cfg, target, devices)
-    shardings = jax.tree.map(lambda x: x.sharding, (a.state, a.batch["tokens"]))
+    shardings = jax.tree.map(lambda x: x.sharding, (a.state, a.batch))
     start = time.perf_counter()
-    with jax.set_mesh(a.mesh), nn.logical_axis_rules(a.rules):  # as the loop runs it
+    with on_mesh(a.mesh, a.rules):  # as the loop runs it
         step = jax.jit(train_step, in_shardings=shardings, out_shardings=(shardings[0], replicated(a.mesh)),
                        donate_argnums=0)
         compiled = step.lower(a.state, a.batch).compile(FAST_COMPILE)
@@ -201,7 +203,7 @@ def plan(cfg: ml_collections.ConfigDict, target: Target, hw: Hardware, devices: 
     xla = xla[0] if isinstance(xla, list) else xla
     return Plan(a.cfg, target, hw, a.ici, a.dcn, sum(math.prod(p.shape) for p in jax.tree.leaves(a.state.params)),
                 param_bytes, opt_bytes, max(0, in_out - param_bytes - opt_bytes), mem.temp_size_in_bytes,
-                flops_per_token(a.cfg.model, t.seq_len) * t.global_batch * t.seq_len / target.devices,
+                flops_per_token(a.cfg.model, t.seq_len, a.target_len) * t.global_batch * t.seq_len / target.devices,
                 float(xla.get("flops", 0.0)), step_cost(compiled.as_text(), dict(a.mesh.shape)), compile_s)
 
 

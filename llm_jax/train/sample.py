@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from llm_jax.models.transformer import init_cache
+from llm_jax.models.decoder import init_cache
 
 Array = jax.Array
 

@@ -19,6 +19,7 @@ from llm_jax.config.validate import finalize, validate
 from llm_jax.data.pipeline import Data, check_sources, make_data
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.models import build_model
+from llm_jax.objectives import Objective, extra_tokens, make_objective
 from llm_jax.parallel.mesh import mesh_for, mesh_granules
 from llm_jax.parallel.sharding import batch_sharding, replicated
 from llm_jax.train.evaluate import Evaluator, make_evaluator
@@ -35,6 +36,7 @@ class Prepared(NamedTuple):
     model: nn.Module
     tokenizer: Tokenizer
     params_sharding: Any  # NamedShardings of the parameters, checked against the rules
+    objective: Objective
 
 
 def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_data: bool = True,
@@ -44,7 +46,7 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_d
     False, as for sampling, that the data sources exist). `fit_copies`: the copies of the parameters that must fit
     in the devices' memory (3 to train, 1 to evaluate, 0: no check, as for `llm-jax plan`)."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
-    cfg = finalize(cfg, tokenizer.vocab_size)
+    cfg = finalize(cfg, tokenizer.vocab_size + extra_tokens(cfg))  # the objective's [MASK] or sentinels too
     all_devices = list(devices) if devices is not None else jax.devices()
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * len(all_devices)
@@ -60,9 +62,10 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_d
             raise ConfigError(f"checkpoint.init_from: {e}") from None
     if fit_copies:
         check_size(cfg, all_devices, fit_copies)
+    objective = make_objective(cfg, tokenizer)
     model = build_model(cfg.model)
-    params_sh = param_shardings(model, cfg.train.seq_len, mesh, cfg.sharding.rules)
-    return Prepared(cfg, mesh, model, tokenizer, params_sh)
+    params_sh = param_shardings(model, objective.spec(), mesh, cfg.sharding.rules)
+    return Prepared(cfg, mesh, model, tokenizer, params_sh, objective)
 
 
 @dataclasses.dataclass
@@ -71,6 +74,7 @@ class Run:
     mesh: Mesh
     rules: tuple
     data: Data
+    objective: Objective
     state: TrainState
     state_sharding: TrainState  # the same tree, of NamedShardings
     batch_sharding: NamedSharding
@@ -82,27 +86,30 @@ class Run:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
 
 
-def optimizer_and_options(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepOptions]:
-    """The optimizer and the train step's static options, as `train.*` and `optimizer.*` say."""
+def optimizer_and_options(cfg: ml_collections.ConfigDict,
+                          objective: Objective) -> tuple[optax.GradientTransformation, StepOptions]:
+    """The optimizer and the train step's static options, as `train.*`, `optimizer.*` and the objective say."""
     t = cfg.train
     tx, schedule = make_optimizer(cfg.optimizer, t.steps)
     guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
-    return tx, StepOptions(z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule, guard=guard)
+    return tx, StepOptions(loss=objective.loss, z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule,
+                           guard=guard)
 
 
 def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None, prepared: Prepared | None = None) -> Run:
     """`prepared`: the result of prepare(cfg, devices) if the caller already has it."""
-    cfg, mesh, model, tokenizer, params_sh = prepared or prepare(cfg, devices)
+    cfg, mesh, model, tokenizer, params_sh, objective = prepared or prepare(cfg, devices)
     t = cfg.train
-    tx, options = optimizer_and_options(cfg)
-    check_fits(cfg, model, tx, params_sh, mesh)  # here, not in prepare(): `llm-jax plan` sizes bigger jobs
+    tx, options = optimizer_and_options(cfg, objective)
+    # Here, not in prepare(): `llm-jax plan` sizes bigger jobs.
+    check_fits(cfg, model, tx, params_sh, mesh, objective.spec())
     data = make_data(cfg, tokenizer, jax.process_index(), jax.process_count())
     rules = tuple(tuple(r) for r in cfg.sharding.rules)
-    state, state_sh = create_train_state(model, tx, options, t.seed, t.seq_len, mesh, rules, params_sh)
+    state, state_sh = create_train_state(model, tx, options, t.seed, objective.spec(), mesh, rules, params_sh)
     batch_sh = batch_sharding(mesh, rules)
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
                         donate_argnums=0)
     evaluator = make_evaluator(model, mesh, tokenizer, cfg.model.vocab_size, state_sh.params, batch_sh, data.eval,
                                t.eval_batches)
-    return Run(cfg, mesh, rules, data, state, state_sh, batch_sh, jit_train, evaluator)
+    return Run(cfg, mesh, rules, data, objective, state, state_sh, batch_sh, jit_train, evaluator)
 

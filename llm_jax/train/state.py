@@ -15,6 +15,8 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
+from llm_jax.objectives.example import ExampleSpec, token_fields
+from llm_jax.objectives.loss import example_loss
 from llm_jax.parallel.sharding import Rules, check_rules_cover, logical_shardings, replicated
 from llm_jax.train.guard import GuardOptions, init_guard
 
@@ -23,6 +25,7 @@ from llm_jax.train.guard import GuardOptions, init_guard
 class StepOptions:
     """The train step's static settings (hashable, part of the state's tree structure)."""
 
+    loss: Callable = example_loss  # the objective's: (logits, example, z_loss) -> (ce_sum, z_sum)
     z_loss: float = 0.0
     grad_accum: int = 1
     schedule: Callable | None = None  # for logging the learning rate of each step
@@ -40,31 +43,34 @@ class TrainState:
     options: StepOptions = struct.field(pytree_node=False)
 
 
-def _dummy_inputs(seq_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return tokens, jnp.ones_like(tokens), jnp.arange(seq_len, dtype=jnp.int32)[None]
+def init_inputs(model: nn.Module, example: ExampleSpec | int) -> dict[str, Any]:
+    """The model's arguments for a one-row batch of zeros of the example's shapes (an int: a decoder or encoder
+    example of that many tokens)."""
+    spec = ExampleSpec(token_fields(example)) if isinstance(example, int) else example
+    return model.inputs(spec.zeros(1))
 
 
-def abstract_params(model: nn.Module, seq_len: int) -> Any:
+def abstract_params(model: nn.Module, example: ExampleSpec | int) -> Any:
     """Parameter shapes and logical axes (nn.Partitioned leaves) without allocating anything."""
-    return jax.eval_shape(lambda rng: model.init(rng, *_dummy_inputs(seq_len))["params"], jax.random.key(0))
+    return jax.eval_shape(lambda rng: model.init(rng, **init_inputs(model, example))["params"], jax.random.key(0))
 
 
-def param_shardings(model: nn.Module, seq_len: int, mesh: Mesh, rules: Rules) -> Any:
-    boxed = abstract_params(model, seq_len)
+def param_shardings(model: nn.Module, example: ExampleSpec | int, mesh: Mesh, rules: Rules) -> Any:
+    boxed = abstract_params(model, example)
     check_rules_cover(boxed, rules)
     return logical_shardings(boxed, mesh, rules)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, options: StepOptions, seed: int,
-                       seq_len: int, mesh: Mesh, rules: Rules, params_sh: Any = None) -> tuple[TrainState, TrainState]:
+                       example: ExampleSpec | int, mesh: Mesh, rules: Rules,
+                       params_sh: Any = None) -> tuple[TrainState, TrainState]:
     """A freshly initialised, sharded TrainState, and the matching tree of shardings (`params_sh`: the
     parameters' shardings when the caller already has them from `param_shardings`)."""
     if params_sh is None:
-        params_sh = param_shardings(model, seq_len, mesh, rules)
+        params_sh = param_shardings(model, example, mesh, rules)
 
     def init(rng: jax.Array) -> TrainState:
-        params = nn.unbox(model.init(rng, *_dummy_inputs(seq_len))["params"])
+        params = nn.unbox(model.init(rng, **init_inputs(model, example))["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           guard=init_guard(options.guard.window), model=model, tx=tx, options=options)
 

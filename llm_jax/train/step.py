@@ -1,7 +1,8 @@
 """The pure train and eval steps. Both are module-level and jitted once by the loop.
 
-A batch holds rows of seq_len + 1 tokens: the model reads tokens[:, :-1] and predicts tokens[:, 1:]. A target
-counts only if it belongs to the same document as the token before it and is not padding.
+A batch is a stack of examples (objectives/example.py). The model takes from it what it reads (`model.inputs`),
+the objective's loss (a static part of the state) scores its targets by their weights: the step never asks which
+family or objective it runs.
 """
 
 import flax.linen as nn
@@ -9,34 +10,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llm_jax.objectives.loss import eval_sums
 from llm_jax.train.guard import decide, keep_if
 from llm_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def split_batch(batch: Batch) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
-    """(model inputs), targets_BL, target mask_BL."""
-    tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
-    mask_BL = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-    return (tokens[:, :-1], seg[:, :-1], pos[:, :-1]), tokens[:, 1:], mask_BL
-
-
-def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, mask_BL: jax.Array,
-                  z_loss: float) -> tuple[jax.Array, jax.Array]:
-    """Summed (not averaged) masked cross-entropy and z-loss, in float32."""
-    logits_BLV = logits_BLV.astype(jnp.float32)
-    log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-    target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-    ce_sum = jnp.sum((log_z_BL - target_logit_BL) * mask_BL)
-    z_sum = jnp.sum(jnp.square(log_z_BL) * mask_BL)
-    return ce_sum, z_loss * z_sum
+def forward(model: nn.Module, params, batch: Batch) -> jax.Array:
+    """The model's logits for a batch of examples."""
+    return model.apply({"params": params}, **model.inputs(batch))
 
 
 def _micro_loss(params, state: TrainState, micro: Batch, total_tokens: jax.Array):
-    inputs, targets_BL, mask_BL = split_batch(micro)
-    logits_BLV = state.model.apply({"params": params}, *inputs)
-    ce_sum, z_sum = cross_entropy(logits_BLV, targets_BL, mask_BL, state.options.z_loss)
+    logits = forward(state.model, params, micro)
+    ce_sum, z_sum = state.options.loss(logits, micro, state.options.z_loss)
     # Dividing every micro-batch by the whole batch's token count makes the summed gradients exactly the
     # gradient of the token-weighted mean loss, whatever the split.
     return (ce_sum + z_sum) / total_tokens, (ce_sum, z_sum)
@@ -48,8 +36,7 @@ def _micro_batches(batch: Batch, n: int) -> Batch:
 
 
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    _, _, mask_BL = split_batch(batch)
-    total_tokens = jnp.maximum(mask_BL.sum(), 1).astype(jnp.float32)
+    total_tokens = jnp.maximum(batch["weights"].sum(), 1).astype(jnp.float32)
     grad_fn = jax.grad(_micro_loss, has_aux=True)
 
     def accumulate(carry, micro):
@@ -83,10 +70,6 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 
 
 def eval_step(model: nn.Module, params, batch: Batch, token_bytes_V: jax.Array) -> dict[str, jax.Array]:
-    """Summed loss, target tokens and the UTF-8 bytes they stand for, so that several batches combine into an exact
-    mean loss per token and bits per byte."""
-    inputs, targets_BL, mask_BL = split_batch(batch)
-    logits_BLV = model.apply({"params": params}, *inputs)
-    ce_sum, _ = cross_entropy(logits_BLV, targets_BL, mask_BL, 0.0)
-    return {"loss_sum": ce_sum, "tokens": mask_BL.sum().astype(jnp.float32),
-            "bytes": jnp.sum(jnp.take(token_bytes_V, targets_BL) * mask_BL).astype(jnp.float32)}
+    """Summed loss, target tokens, the UTF-8 bytes they stand for and the targets predicted right, so that several
+    batches combine into an exact mean loss per token, bits per byte and accuracy."""
+    return eval_sums(forward(model, params, batch), batch, token_bytes_V)

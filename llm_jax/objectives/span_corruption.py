@@ -1,0 +1,43 @@
+"""Span corruption (T5): drop random spans of each document, replace each by a sentinel in the encoder's input,
+and have the decoder write the dropped spans back after their sentinels.
+
+objective.noise_density of each document's tokens (floor; documents too short for one noise token stay whole)
+in spans of mean length objective.mean_span. The encoder reads seq_len tokens; the decoder's length is the bound
+`spans.target_length` guarantees for any packing. Sentinels are ids after the tokenizer's, in order per document.
+"""
+
+import ml_collections
+import numpy as np
+
+from llm_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from llm_jax.objectives.base import Objective
+from llm_jax.objectives.example import Example, ExampleSpec
+from llm_jax.objectives.spans import corrupt_row, max_spans, target_length
+
+
+class SpanCorruption(Objective):
+    name = "span_corruption"
+
+    def __init__(self, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer):
+        super().__init__(cfg, tokenizer)
+        self.density, self.mean_span = cfg.objective.noise_density, cfg.objective.mean_span
+        self.target_len = target_length(self.seq_len, self.density, self.mean_span)
+        self.sentinel_ids = tuple(range(self.first_extra_id, self.first_extra_id + self.extra_tokens(cfg)))
+
+    @classmethod
+    def extra_tokens(cls, cfg: ml_collections.ConfigDict) -> int:
+        return max_spans(cfg.train.seq_len, cfg.objective.noise_density, cfg.objective.mean_span)
+
+    def spec(self) -> ExampleSpec:
+        L, T = self.seq_len, self.target_len
+        ints = [(f"encoder_{n}", L, "int32") for n in ("inputs", "segment_ids", "positions")]
+        ints += [(n, T, "int32") for n in ("decoder_inputs", "targets", "segment_ids", "positions")]
+        return ExampleSpec((*ints, ("weights", T, "float32")))
+
+    def example(self, row: dict[str, np.ndarray], rng: np.random.Generator) -> Example:
+        return corrupt_row(row["tokens"], row["segment_ids"], rng, sentinel_ids=self.sentinel_ids,
+                           density=self.density, mean_span=self.mean_span, target_len=self.target_len)
+
+    def scored(self, rows) -> np.ndarray:
+        tokens = rows["tokens"][rows["segment_ids"] != 0]
+        return tokens[tokens >= len(SPECIAL_TOKENS)]
