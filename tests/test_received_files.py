@@ -207,7 +207,7 @@ def test_a_prepared_directory_whose_shards_disagree_with_meta_json_is_refused(tm
 
     def error() -> str:
         with pytest.raises(DataError) as e:
-            open_sources(cfg, tokenizer)
+            open_sources(cfg, tokenizer, cfg.train.seq_len + 1)
         assert "\n" not in str(e.value) and "prepare the data again" in str(e.value), str(e.value)
         return str(e.value)
 

@@ -33,5 +33,5 @@ class PrefixLM(CausalLM):
         example = super().example(row, rng)
         prefix_L = prefix_marks(row["segment_ids"], rng)
         # Token i + 1 is scored only after the prefix; the prefix is context, read both ways.
-        weights_L = next_token_weights(row["segment_ids"]) * (1 - prefix_L[1:])
+        weights_L = (next_token_weights(row["segment_ids"]) * (1 - prefix_L[1:])).astype(np.float32)
         return {**example, "prefix": prefix_L[:-1], "weights": weights_L}

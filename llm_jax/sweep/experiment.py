@@ -29,7 +29,7 @@ from llm_jax.config.load import ConfigError, load_config, load_module, set_key
 from llm_jax.config.validate import finalize, validate
 
 # Tags an experiment can compare; each is a scalar the train loop writes to TensorBoard.
-METRICS = ("eval/loss", "eval/perplexity", "eval/bpb", "train/loss")
+METRICS = ("eval/loss", "eval/perplexity", "eval/bpb", "eval/accuracy", "train/loss")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=,+-]*")  # variant names are directory names
 
 

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import jax
 import numpy as np
 
 from llm_jax.data.tokenizer import BOS_ID, EOS_ID
@@ -70,8 +71,8 @@ def sample_encoder(run: "Run") -> str:
     masked = np.where(hidden, mask_id, ids).astype(np.int32)[None]
     example = {"inputs": masked, "segment_ids": np.ones_like(masked),
                "positions": np.arange(masked.shape[1], dtype=np.int32)[None]}
-    with on_mesh(run.mesh, run.rules):
-        logits = np.asarray(forward(run.state.model, run.state.params, example))[0]
+    with on_mesh(run.mesh, run.rules):  # jitted: one row may not divide the mesh, which only eager ops refuse
+        logits = np.asarray(jax.jit(forward, static_argnums=0)(run.state.model, run.state.params, example))[0]
     filled = np.where(hidden, logits.argmax(-1), ids)
 
     def text(row: np.ndarray) -> str:
