@@ -130,9 +130,10 @@ def _data(argv: list[str]) -> int:
     meta = prepare_data(cfg, args.out, args.rows_per_shard)
     print(f"wrote {sum(s['rows'] for s in meta['train']):,} train rows ({meta['tokens']:,} tokens, "
           f"{len(meta['train'])} source(s)) and {meta['validation']['rows']:,} validation rows of "
-          f"{meta['seq_len'] + 1} tokens to {args.out} | {meta['stats'] or 'no input problems'}\n"
+          f"{meta['row_len']} tokens (objective {meta['objective']}) to {args.out} | "
+          f"{meta['stats'] or 'no input problems'}\n"
           f"train with --config.data.corpus=prepared --config.data.prepared_dir={args.out} "
-          f"--config.train.seq_len={meta['seq_len']}")
+          f"--config.train.seq_len={meta['seq_len']} (and an objective that reads rows of {meta['row_len']} tokens)")
     return 0
 
 

@@ -146,3 +146,14 @@ def test_the_planner_counts_the_familys_flops(family):
     per_token = flops_per_token(p.cfg.model, 64, target_len)
     assert p.model_flops == pytest.approx(per_token * 16 * 64 / 8, rel=1e-9)
     assert p.cost.matmul_flops > 0 and p.fits
+
+
+def test_init_from_a_run_of_the_other_family_is_refused_before_anything_is_written(trained, tmp_path):
+    from llm_jax.config import ConfigError
+
+    family, whole, _ = trained
+    other = "encoder_decoder" if family == "encoder" else "encoder"
+    cfg = _config(other, "train.steps=2", f"checkpoint.init_from={whole}")
+    with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .* holds another model"):
+        loop.train(cfg, tmp_path / "new", devices=jax.devices()[:1])
+    assert not (tmp_path / "new").exists()

@@ -174,3 +174,25 @@ def test_a_model_traced_on_a_mesh_without_rules_is_an_error():
         jax.jit(lambda a: constrain(a, ("batch", None)))(x)
     with on_mesh(mesh, (("batch", "data"),)):  # the helper enters both: fine
         jax.jit(lambda a: constrain(a, ("batch", None)))(x)
+
+
+def test_span_corruption_on_rows_too_short_for_one_noise_token_is_a_config_error():
+    cfg = _config("span_corruption")
+    cfg.train.seq_len = 4  # floor(4 x 0.15) = 0: no span could be dropped
+    with pytest.raises(ConfigError, match=r"raise train.seq_len to at least 7"):
+        extra_tokens(cfg)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.type_vocab_size", 2, "only read by model.family='encoder'"),
+    ("model.num_decoder_layers", 3, "only read by model.family='encoder_decoder'"),
+    ("objective.whole_word", True, "objective.whole_word is for masked_lm"),
+])
+def test_a_key_the_family_does_not_read_is_refused(key, value, message):
+    from llm_jax.config import validate
+
+    cfg = small_config()
+    section, name = key.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(finalize(cfg, 259), 1)

@@ -67,7 +67,7 @@ BAD = {
                            ["variants 'a' and 'b' give the same config"]),
     "a seed in a variant": (dict(variants=[("a", {"train.seed": 3}), ("b", {})]), ["sets train.seed"]),
     "repeated seeds": (dict(seeds=(0, 0)), ["lists a seed twice"]),
-    "unknown metric": (dict(metrics=("eval/accuracy",)), ["eval/accuracy", "choose from"]),
+    "unknown metric": (dict(metrics=("eval/f1",)), ["eval/f1", "choose from"]),
     "a name that is no directory name": (dict(variants=[("a/b", {}), ("c", {"model.norm": "layernorm"})]),
                                          ["must be a directory name"]),
 }

@@ -101,8 +101,9 @@ def finalize(cfg: ml_collections.ConfigDict, tokenizer_vocab: int) -> ml_collect
     if m.vocab_size == 0:
         m.vocab_size = -(-tokenizer_vocab // m.vocab_multiple) * m.vocab_multiple
     elif m.vocab_size < tokenizer_vocab:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
-                          "tokens; raise it or set it to 0 to follow the tokenizer")
+        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the {tokenizer_vocab} ids it needs (the "
+                          "tokenizer's and the objective's [MASK] or sentinels); raise it or set it to 0 to follow "
+                          "them")
     return cfg
 
 
@@ -139,6 +140,16 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
                           f"{m.num_kv_heads}; pick num_kv_heads that divides num_heads")
+    # Keys that only one family reads: set for another, they would be ignored silently (and block resuming).
+    for key, value, family in (("model.type_vocab_size", m.type_vocab_size, "encoder"),
+                               ("model.num_decoder_layers", m.num_decoder_layers, "encoder_decoder")):
+        if value and m.family != family:
+            raise ConfigError(f"{key}={value} is only read by model.family='{family}', not '{m.family}'; "
+                              f"leave it at 0")
+    if cfg.objective.whole_word and cfg.objective.name not in ("", "masked_lm"):
+        raise ConfigError(f"objective.whole_word is for masked_lm, not objective.name='{cfg.objective.name}'")
+    if cfg.objective.whole_word and m.family != "encoder":
+        raise ConfigError(f"objective.whole_word is for masked_lm (model.family='encoder'), not '{m.family}'")
     if m.positions == "relative" and m.family != "encoder_decoder":
         raise ConfigError(f"model.positions='relative' (T5's bias) is for model.family='encoder_decoder', not "
                           f"'{m.family}'; use rope or learned")

@@ -52,7 +52,9 @@ def parse_weights(d: ml_collections.ConfigDict, num_sources: int) -> list[float]
 def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> tuple[float, float]:
     """The loss of the best context-free model, and the accuracy of always guessing the most frequent token:
     baselines any trained model must beat by far."""
-    counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0  # add-one
+    # Objectives' extra ids (sentinels) may be targets too: count every id either split has.
+    size = max(vocab_size, int(train_tokens.max(initial=0)) + 1, int(eval_tokens.max(initial=0)) + 1)
+    counts = np.bincount(train_tokens, minlength=size).astype(np.float64) + 1.0  # add-one
     loss = float(-np.log(counts / counts.sum())[eval_tokens].mean())
     return loss, float((eval_tokens == np.argmax(counts)).mean())
 

@@ -6,10 +6,13 @@ in spans of mean length objective.mean_span. The encoder reads seq_len tokens; t
 `spans.target_length` guarantees for any packing. Sentinels are ids after the tokenizer's, in order per document.
 """
 
+import math
+
 import ml_collections
 import numpy as np
 
-from llm_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from llm_jax.config.load import ConfigError
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.objectives.base import Objective
 from llm_jax.objectives.example import Example, ExampleSpec
 from llm_jax.objectives.spans import corrupt_row, max_spans, target_length
@@ -26,7 +29,12 @@ class SpanCorruption(Objective):
 
     @classmethod
     def extra_tokens(cls, cfg: ml_collections.ConfigDict) -> int:
-        return max_spans(cfg.train.seq_len, cfg.objective.noise_density, cfg.objective.mean_span)
+        seq_len, density = cfg.train.seq_len, cfg.objective.noise_density
+        if int(seq_len * density) < 1:  # no document could lose a token: nothing to predict
+            raise ConfigError(f"span_corruption corrupts floor(train.seq_len x objective.noise_density) = "
+                              f"floor({seq_len} x {density}) = 0 tokens of a row; raise train.seq_len to at least "
+                              f"{math.ceil(1 / density)} or objective.noise_density")
+        return max_spans(seq_len, density, cfg.objective.mean_span)
 
     def spec(self) -> ExampleSpec:
         L, T = self.seq_len, self.target_len
@@ -38,6 +46,10 @@ class SpanCorruption(Objective):
         return corrupt_row(row["tokens"], row["segment_ids"], rng, sentinel_ids=self.sentinel_ids,
                            density=self.density, mean_span=self.mean_span, target_len=self.target_len)
 
-    def scored(self, rows) -> np.ndarray:
-        tokens = rows["tokens"][rows["segment_ids"] != 0]
-        return tokens[tokens >= len(SPECIAL_TOKENS)]
+    def scored(self, rows, most: int = 2000) -> np.ndarray:
+        """The targets of (at most `most` of) the rows' examples, sentinels included: what the loss and accuracy
+        count."""
+        rng = np.random.default_rng(0)
+        examples = [self.example({"tokens": t, "segment_ids": s}, rng)
+                    for t, s in zip(rows["tokens"][:most], rows["segment_ids"][:most], strict=True)]
+        return np.concatenate([e["targets"][e["weights"] > 0] for e in examples])

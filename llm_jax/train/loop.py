@@ -141,7 +141,8 @@ def evaluation(run: Run, hooks: Hooks, writers: Writers, step: int) -> dict[str,
     return metrics
 
 
-def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpointer) -> tuple[Writers, float]:
+def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpointer,
+           initial: int | None) -> tuple[Writers, float]:
     """The run's files (record, config, hparams) and the opening lines; returns the writers and the peak FLOP/s."""
     cfg, mesh, data, t, start = run.cfg, run.mesh, run.data, run.cfg.train, point.step
     writers = Writers(workdir, resume_step=start, progress_bar=cfg.monitor.progress == "auto")
@@ -157,8 +158,7 @@ def _start(run: Run, workdir: pathlib.Path, point: ResumePoint, ckpt: Checkpoint
         write_run_record(workdir, record)
     writers.hparams(config, {"num_params": run.num_params})
     if not start and cfg.checkpoint.init_from:
-        source_step = init_from(run, cfg.checkpoint.init_from)
-        writers.print(f"parameters from {cfg.checkpoint.init_from}" + (f" (step {source_step})" if source_step else "")
+        writers.print(f"parameters from {cfg.checkpoint.init_from}" + (f" (step {initial})" if initial else "")
                       + "; optimizer state and step start fresh")
     if start:
         writers.print(f"resumed from {ckpt.directory / str(start)}: step {start}, "
@@ -187,9 +187,10 @@ def _checkpointer(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, cleanup
 
 
 def _set_up(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, devices: list | None,
-            cleanup: contextlib.ExitStack) -> tuple[Run, Checkpointer, ResumePoint]:
-    """Checks first (workdir, config, the checkpoint to resume and its config), then the run, then the restore.
-    What needs closing is pushed on `cleanup`."""
+            cleanup: contextlib.ExitStack) -> tuple[Run, Checkpointer, ResumePoint, int | None]:
+    """Checks first (workdir, config, the checkpoint to resume and its config), then the run, then the restore or
+    the parameters of checkpoint.init_from (and the step they were saved at). What needs closing is pushed on
+    `cleanup`."""
     check_writable(workdir)
     prepared = prepare(cfg, devices)
     point, ckpt = ResumePoint(0, {}), None
@@ -199,11 +200,17 @@ def _set_up(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, devices: list
         point = choose(ckpt, json.loads(prepared.cfg.to_json_best_effort()), prepared.tokenizer.identity(), say)
     run = build_run(cfg, devices, prepared)
     cleanup.callback(run.data.train.close)
+    initial = None
+    if not point.step and prepared.cfg.checkpoint.init_from:  # before anything is written to the workdir
+        try:
+            initial = init_from(run, prepared.cfg.checkpoint.init_from)
+        except CheckpointError as e:
+            raise ConfigError(f"checkpoint.init_from: {e}") from None
     ckpt = ckpt or _checkpointer(workdir, prepared.cfg, cleanup)
     if point.step:
         run.state, data_state = restore(ckpt, point, run.state, run.state_sharding)
         run.data.train.set_state(data_state)
-    return run, ckpt, point
+    return run, ckpt, point, initial
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: list | None = None) -> Result:
@@ -212,13 +219,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: 
     with contextlib.ExitStack() as cleanup:
         stop = StopRequest()  # from the start: a signal during set-up stops the run before its first step
         cleanup.callback(stop.restore)
-        run, ckpt, point = _set_up(cfg, workdir, devices, cleanup)
+        run, ckpt, point, initial = _set_up(cfg, workdir, devices, cleanup)
         cfg, mesh, data, t, start = run.cfg, run.mesh, run.data, run.cfg.train, point.step
         if agree_any(stop.requested())[0]:
             print(f"stopped by signal {stop.signal} during set-up, before step {start + 1}: nothing new to save; run "
                   "the same command again to " + ("resume" if start else "start"))
             return Result([], math.nan, data.unigram_loss, "", math.nan, math.nan, start, stopped_at=start)
-        writers, peak = _start(run, workdir, point, ckpt)
+        writers, peak = _start(run, workdir, point, ckpt, initial)
         log = StepLog(cfg, writers, start, int(jax.device_get(run.state.guard["skipped"])),
                       flops_per_token(cfg.model, t.seq_len, run.objective.target_len), peak)
         profiler = Profiler(cfg.profile, workdir / "tensorboard", enabled=jax.process_index() == 0)

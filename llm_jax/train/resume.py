@@ -93,8 +93,11 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
         changes = config_changes(meta.get("config", {}), cfg_json)
         refused = {k: v for k, v in changes.items() if k.startswith(REFUSED_PREFIXES)}
         if refused:
-            raise ResumeRefusedError(f"{where} was trained with another model: {shown(refused)}. Resuming would "
-                                     f"continue a different model from its weights; {_options(where)}")
+            cause = [k for k in changes if k.startswith("objective.")] if "model.vocab_size" in refused else []
+            why = (f" (model.vocab_size is the tokenizer's plus the objective's extra ids, [MASK] or sentinels: "
+                   f"the change of {', '.join(cause)} changes it)") if cause else ""
+            raise ResumeRefusedError(f"{where} was trained with another model: {shown(refused)}{why}. Resuming "
+                                     f"would continue a different model from its weights; {_options(where)}")
         return ResumePoint(step, changes)
     aside = moved_aside(ckpt.directory)
     if aside:
