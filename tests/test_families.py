@@ -24,7 +24,7 @@ PRESETS = {"encoder": "bert_mini", "encoder_decoder": "t5_mini"}
 SMALL = ["model.num_layers=2", "model.num_decoder_layers=2", "model.d_model=64", "model.num_heads=4",
          "model.mlp_dim=128", "model.max_seq_len=64", "train.seq_len=64", "train.global_batch=16",
          "optimizer.warmup_steps=10", "optimizer.lr=3e-3", "sample.max_new_tokens=16"]
-STEPS = 150  # enough for both to beat the unigram baseline clearly (about 3.06 and 2.58 against 3.33)
+STEPS = 150  # enough for both to beat their unigram baselines clearly
 
 
 def _config(family, *overrides):
@@ -36,6 +36,8 @@ def test_a_2x2x2_mesh_trains_as_one_device(family, tmp_path):
     def losses(shape, name):
         cfg = _config(family, "train.steps=5", "train.log_every=1", "train.global_batch=8", "train.seq_len=32",
                       "sample.max_new_tokens=0")
+        if family == "encoder":  # BERT's learned position table (the preset itself uses rope)
+            cfg.model.positions = "learned"
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = shape
         devices = jax.devices()[: int(np.prod(shape))]
         return loop.train(cfg, tmp_path / name, devices=devices).train_losses
