@@ -308,3 +308,13 @@ def test_slurm_launcher_submits_one_job_per_run(tmp_path, monkeypatch, capsys):
     (stubs / "queued.txt").write_text("101\n")
     assert main(["sweep", "run", str(path), "--root", str(root), "--launcher=slurm", "--only=ln"]) == 0
     assert "2 new" in capsys.readouterr().out and len((stubs / "sbatch.jsonl").read_text().splitlines()) == 6
+
+
+def test_best_is_the_lowest_loss_and_the_highest_accuracy():
+    from llm_jax.sweep.report import RunResult
+
+    r = RunResult(run=None, finished=True, series={"eval/loss": {1: 3.0, 2: 2.0, 3: 2.5},
+                                                   "eval/accuracy": {1: 0.2, 2: 0.4, 3: 0.3}},
+                  tokens_per_s=1.0, num_params=1, tokens_per_step=1)
+    assert r.best("eval/loss") == 2.0 and r.best("eval/accuracy") == 0.4
+    assert r.final("eval/accuracy") == 0.3

@@ -14,6 +14,8 @@ import statistics
 from llm_jax.monitor.events import read_run
 from llm_jax.sweep.experiment import ExperimentError, Run, Sweep
 
+HIGHER_IS_BETTER = ("eval/accuracy",)
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -29,7 +31,9 @@ class RunResult:
         return values[max(values)] if values else math.nan
 
     def best(self, tag: str) -> float:
-        return min(self.series.get(tag, {}).values(), default=math.nan)
+        """The lowest value of a loss, the highest of a metric where higher is better (accuracy)."""
+        pick = max if tag in HIGHER_IS_BETTER else min
+        return pick(self.series.get(tag, {}).values(), default=math.nan)
 
 
 def collect(sweep: Sweep) -> dict[str, list[RunResult]]:
@@ -73,7 +77,7 @@ def table(sweep: Sweep, results: dict[str, list[RunResult]]) -> str:
     head += ["tokens/s", "params"]
     finished = {v: [r for r in rs if r.finished] for v, rs in results.items()}
     means = {v: statistics.mean([r.final(metrics[0]) for r in rs]) for v, rs in finished.items() if rs}
-    best = min(means, key=means.get) if means else None
+    best = (max if metrics[0] in HIGHER_IS_BETTER else min)(means, key=means.get) if means else None
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, own in sweep.variants.items():
         rs = finished[variant]
