@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from llm_jax.checkpoint import safetensors
-from llm_jax.checkpoint.manager import CheckpointError
 from llm_jax.checkpoint.params import portable
 from llm_jax.cli import main
 from llm_jax.config import ConfigError
@@ -115,9 +114,10 @@ def test_init_from_is_checked_before_training(trained, tmp_path):
     for source in (str(workdir), str(out)):
         cfg = _config(mlp_dim=96)
         cfg.checkpoint.init_from = source
-        with pytest.raises(CheckpointError, match=r"holds another model: .*mlp.*(checkpoint|file) \(.*128\), "
-                                                  r"model \(.*96\)"):
+        with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .* holds another model: .*mlp.*"
+                                              r"(checkpoint|file) \(.*128\), model \(.*96\)"):
             train(cfg, tmp_path / "b", DEVICES)
+        assert not (tmp_path / "b").exists(), "a refused init_from writes nothing"
 
 
 def test_export_to_a_directory_is_one_line_and_leaves_no_half_file(trained, tmp_path, capsys):
@@ -141,3 +141,18 @@ def test_export_never_replaces_a_file_unless_asked(trained, tmp_path, capsys):
         assert precious.read_text() == "keep me\n"
     assert main(["export", f"--workdir={workdir}", f"--out={precious}", "--overwrite"]) == 0
     assert safetensors.read(precious)[0]["embedding"].shape[1] == 64
+
+
+def test_export_checks_every_stack_has_every_layer_of_its_config(tmp_path):
+    from llm_jax.checkpoint.export import _check_layers
+    from llm_jax.checkpoint.params import CheckpointError as Refused
+
+    w = np.zeros(2)
+    decoder = {f"layers.{i}.attn.wq": w for i in range(2)}
+    _check_layers(decoder, {"num_layers": 2}, tmp_path)
+    with pytest.raises(Refused, match=r"layers \[0, 1\] under 'layers.', its config says 3"):
+        _check_layers(decoder, {"num_layers": 3}, tmp_path)
+    t5 = {f"{s}.layers.{i}.attn.wq": w for s in ("encoder", "decoder") for i in range(2)}
+    _check_layers(t5, {"family": "encoder_decoder", "num_layers": 2, "num_decoder_layers": 2}, tmp_path)
+    with pytest.raises(Refused, match=r"under 'decoder.layers.', its config says 3"):
+        _check_layers(t5, {"family": "encoder_decoder", "num_layers": 2, "num_decoder_layers": 3}, tmp_path)

@@ -4,10 +4,20 @@ import json
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 
 from llm_jax.checkpoint import safetensors
-from llm_jax.checkpoint.params import abstract_like, find_step_dir, portable, read_meta, restore_params, saved_tree
+from llm_jax.checkpoint.params import (
+    CheckpointError,
+    abstract_like,
+    find_step_dir,
+    portable,
+    read_meta,
+    restore_params,
+    saved_tree,
+)
+from llm_jax.models.families import FAMILIES
 
 
 def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None,
@@ -18,11 +28,27 @@ def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # never fills accelerator memory
     abstract = abstract_like(saved_tree(step_dir)["params"], host)
     tensors = portable(restore_params(step_dir, abstract))
+    meta = read_meta(step_dir)
+    _check_layers(tensors, meta.get("config", {}).get("model", {}), step_dir)
     if dtype:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
-    meta = read_meta(step_dir)
     metadata = {"format": "llm_jax", "step": step_dir.name, "config": json.dumps(meta.get("config", {})),
                 "tokenizer": json.dumps(meta.get("tokenizer", {}))}
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     safetensors.write(out, tensors, metadata)
     return step_dir, tensors
+
+
+def _check_layers(tensors: dict[str, np.ndarray], model: dict, where: pathlib.Path) -> None:
+    """Every layer of every stack the model's family declares has its entries (`<stack>layers.<i>.`), and no other
+    layer does: a file that would load into a different depth is never written."""
+    family = FAMILIES.get(model.get("family", "decoder"))
+    if family is None or "num_layers" not in model:
+        return  # not a config this version knows: portable() named what the checkpoint holds
+    stacks = family.stacks(ml_collections.ConfigDict({"num_decoder_layers": 0, **model}))
+    for stack, n in stacks.items():
+        prefix = f"{stack}.layers." if stack else "layers."
+        found = {int(k[len(prefix):].split(".")[0]) for k in tensors if k.startswith(prefix)}
+        if found != set(range(n)):
+            raise CheckpointError(f"{where} holds layers {sorted(found)} under '{prefix}', its config says {n}; "
+                                  "the checkpoint does not match its own config")
