@@ -196,3 +196,13 @@ def test_a_key_the_family_does_not_read_is_refused(key, value, message):
     cfg[section][name] = value
     with pytest.raises(ConfigError, match=message):
         validate(finalize(cfg, 259), 1)
+
+
+def test_span_corruption_reserves_100_sentinels_so_its_settings_keep_the_vocabulary():
+    """As T5: changing the noise density or mean span (e.g. on resume) leaves the model's vocabulary alone."""
+    sizes = set()
+    for density, span in ((0.15, 3.0), (0.5, 1.0), (0.05, 8.0)):
+        cfg = _config("span_corruption", f"objective.noise_density={density}", f"objective.mean_span={span}")
+        sizes.add(finalize(cfg, 259 + extra_tokens(cfg)).model.vocab_size)
+        assert extra_tokens(cfg) == 100
+    assert sizes == {384}

@@ -18,6 +18,11 @@ from llm_jax.objectives.example import Example, ExampleSpec
 from llm_jax.objectives.spans import corrupt_row, max_spans, target_length
 
 
+# T5 reserves 100 sentinel ids: a change of noise density or row length then keeps the vocabulary (and so the
+# model) the same, and a resumed run may change them.
+MIN_SENTINELS = 100
+
+
 class SpanCorruption(Objective):
     name = "span_corruption"
 
@@ -34,7 +39,7 @@ class SpanCorruption(Objective):
             raise ConfigError(f"span_corruption corrupts floor(train.seq_len x objective.noise_density) = "
                               f"floor({seq_len} x {density}) = 0 tokens of a row; raise train.seq_len to at least "
                               f"{math.ceil(1 / density)} or objective.noise_density")
-        return max_spans(seq_len, density, cfg.objective.mean_span)
+        return max(MIN_SENTINELS, max_spans(seq_len, density, cfg.objective.mean_span))
 
     def spec(self) -> ExampleSpec:
         L, T = self.seq_len, self.target_len
