@@ -17,7 +17,6 @@ from llm_jax.objectives.base import Objective
 from llm_jax.objectives.example import Example, ExampleSpec
 from llm_jax.objectives.spans import corrupt_row, max_spans, target_length
 
-
 # T5 reserves 100 sentinel ids: a change of noise density or row length then keeps the vocabulary (and so the
 # model) the same, and a resumed run may change them.
 MIN_SENTINELS = 100
