@@ -59,6 +59,11 @@ def _schema() -> Section:
                                  "add (BERT)", ("pre", "post"))
     m.use_bias = key(False, "biases in the attention and MLP projections (BERT, GPT-2)")
     m.rope_theta = key(10000.0, "RoPE base wavelength", gt=0)
+    m.rope_scaling = key("none", "none | llama3 (Llama 3.1's frequency scaling for long contexts)", ("none", "llama3"))
+    m.rope_scaling_factor = key(8.0, "llama3: how much the long wavelengths are stretched", gt=0)
+    m.rope_low_freq_factor = key(1.0, "llama3: wavelengths above original_max_len / this are scaled", gt=0)
+    m.rope_high_freq_factor = key(4.0, "llama3: wavelengths below original_max_len / this are kept", gt=0)
+    m.rope_original_max_len = key(8192, "llama3: the context length the model was first trained for", gt=0)
     m.mlp = key("swiglu", "MLP kind: swiglu (Llama) | geglu (T5 v1.1) | gelu (tanh approximation, GPT-2) | "
                           "gelu_exact (erf, BERT)", ("swiglu", "geglu", "gelu", "gelu_exact"))
     m.tie_embeddings = key(True, "the output projection is the transposed input embedding")

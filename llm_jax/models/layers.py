@@ -63,10 +63,25 @@ class Norm(nn.Module):
         return y.astype(c.dtype)
 
 
-def rope(x_BLHK: Array, positions_BL: Array, theta: float) -> Array:
+def rope_frequencies(cfg: FrozenConfigDict) -> Array:
+    """[K/2] rotation frequencies: theta^(-2i/K), with Llama 3.1's scaling when model.rope_scaling='llama3' (long
+    wavelengths slowed by rope_scaling_factor, short ones kept, the band between blended)."""
+    half = cfg.head_dim // 2
+    freq_k = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if cfg.rope_scaling != "llama3":
+        return freq_k
+    factor, low, high, old_len = (cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                                  cfg.rope_original_max_len)
+    wavelen_k = 2 * jnp.pi / freq_k
+    scaled_k = jnp.where(wavelen_k > old_len / low, freq_k / factor, freq_k)
+    smooth_k = (old_len / wavelen_k - low) / (high - low)
+    blended_k = (1 - smooth_k) * scaled_k / factor + smooth_k * scaled_k
+    medium_k = (wavelen_k >= old_len / high) & (wavelen_k <= old_len / low)
+    return jnp.where(medium_k, blended_k, scaled_k)
+
+
+def rope(x_BLHK: Array, positions_BL: Array, freq_k: Array) -> Array:
     """Rotate pairs (x[i], x[i + K/2]) by position-dependent angles (the Llama / NeoX layout)."""
-    half = x_BLHK.shape[-1] // 2
-    freq_k = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angle_BLk = positions_BL[..., None].astype(jnp.float32) * freq_k
     sin_BL1k, cos_BL1k = jnp.sin(angle_BLk)[:, :, None], jnp.cos(angle_BLk)[:, :, None]
     x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
@@ -161,8 +176,9 @@ class Attention(nn.Module):
             if fixed_kv is None:
                 k_BSGK = Norm(c, axis_name="kv", name="k_norm")(k_BSGK)
         if rope_kv:
-            q_BLHK = rope(q_BLHK, positions_BL, c.rope_theta)
-            k_BSGK = rope(k_BSGK, positions_BL, c.rope_theta)
+            freq_k = rope_frequencies(c)
+            q_BLHK = rope(q_BLHK, positions_BL, freq_k)
+            k_BSGK = rope(k_BSGK, positions_BL, freq_k)
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
         if cache is not None:  # S is now the cache length; the new keys/values (S = L above) go into it
             k_BSGK, v_BSGK, mask_BLS = write_cache(cache, k_BSGK, v_BSGK, positions_BL)

@@ -1,0 +1,72 @@
+"""`llm-jax hf import`: a local Hugging Face model directory -> llm_jax config keys and portable tensors.
+
+Reads `config.json` and `model.safetensors` (or the shards a `model.safetensors.index.json` lists) one tensor at a
+time through the `safetensors` package, so no more than one tensor is copied at once.
+"""
+
+import json
+import pathlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from llm_jax.hf import gpt2, llama
+
+ARCHITECTURES = {"gpt2": gpt2, "llama": llama, "mistral": llama}
+
+
+class HFError(ValueError):
+    """A Hugging Face directory that cannot be imported; the message names the file and what is wrong."""
+
+
+def read_config(directory: pathlib.Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise HFError(f"{directory} has no config.json: give a Hugging Face model directory (save_pretrained's)")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HFError(f"{path} is not valid JSON ({e})") from None
+    if hf.get("model_type") not in ARCHITECTURES:
+        raise HFError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported: "
+                      f"{', '.join(sorted(ARCHITECTURES))}")
+    return hf
+
+
+def tensor_reader(directory: pathlib.Path) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
+    """read(name) -> float32 array, from model.safetensors or the shards of its index; and close()."""
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+    elif (directory / "model.safetensors").is_file():
+        with safe_open(directory / "model.safetensors", framework="numpy") as f:
+            weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+    else:
+        raise HFError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
+    opened: dict[str, object] = {}
+
+    def read(name: str) -> np.ndarray:
+        if name not in weight_map:
+            raise HFError(f"{directory} lacks tensor {name!r}, which this architecture needs")
+        shard = weight_map[name]
+        if shard not in opened:
+            opened[shard] = safe_open(directory / shard, framework="numpy").__enter__()
+        return np.asarray(opened[shard].get_tensor(name), np.float32)
+
+    def close() -> None:
+        for f in opened.values():
+            f.__exit__(None, None, None)
+
+    return read, close
+
+
+def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, np.ndarray]], Callable[[], None]]:
+    """(llm_jax model keys, the portable tensors one by one, close) of a Hugging Face model directory."""
+    directory = pathlib.Path(directory)
+    hf = read_config(directory)
+    arch = ARCHITECTURES[hf["model_type"]]
+    keys = arch.model_keys(hf)
+    read, close = tensor_reader(directory)
+    return keys, arch.tensors(read, keys), close
