@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from llm_jax.hf import bert, gpt2, llama
+from llm_jax.hf import bert, gpt2, llama, t5
 
-ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama}
+ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "t5": t5}
 
 
 class HFError(ValueError):
