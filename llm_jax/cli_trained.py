@@ -125,7 +125,7 @@ def sample_command(argv: list[str]) -> int:
     with on_mesh(trained.mesh, trained.rules):
         outputs = continue_prompts(family, trained.model, trained.params, [tok.encode(p) for p in prompts],
                                    pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
-                                   tok.vocab_size, temperature=pick(args.temperature, s.temperature),
+                                   tok.vocab_size, tok.specials, temperature=pick(args.temperature, s.temperature),
                                    top_k=pick(args.top_k, s.top_k), top_p=pick(args.top_p, s.top_p),
                                    seed=pick(args.seed, s.seed))
     for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):

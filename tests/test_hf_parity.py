@@ -22,14 +22,15 @@ VOCAB, L = 96, 24
 def _hf_model(kind: str):
     torch.manual_seed(0)
     if kind == "gpt2":
+        # Weights 10x GPT-2's scale, so that a wrong activation (erf vs tanh GELU) shows in the logits.
         cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=32,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
         return transformers.GPT2LMHeadModel(cfg)
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 16} if kind == "llama31" else None
     cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=64,
-                                   rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=rope,
+                                   rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=rope, initializer_range=0.2,
                                    tie_word_embeddings=kind == "llama_tied")
     return transformers.LlamaForCausalLM(cfg)
 

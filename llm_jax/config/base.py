@@ -172,8 +172,10 @@ def _schema() -> Section:
     d.bad_utf8 = key("replace", "replace (U+FFFD, counted) | skip (drop the document, counted)",
                      ("replace", "skip"))
     d.bad_json = key("fail", "fail (report file:line) | skip (counted)", ("fail", "skip"))
-    d.tokenizer = key("byte", "byte (256 bytes + special tokens) | sentencepiece", ("byte", "sentencepiece"))
-    d.tokenizer_path = key("", "sentencepiece: the .model file written by `llm-jax tokenizer train`")
+    d.tokenizer = key("byte", "byte (256 bytes + special tokens) | sentencepiece | hf (a Hugging Face tokenizer.json)",
+                      ("byte", "sentencepiece", "hf"))
+    d.tokenizer_path = key("", "sentencepiece: the .model file written by `llm-jax tokenizer train`; hf: a "
+                               "tokenizer.json or the directory holding it")
     d.packing = key("concat", "concat (no padding) | best_fit (fewer documents cut) | pad (one piece per row)",
                     ("concat", "best_fit", "pad"))
     d.workers = key(0, "grain worker processes that read, tokenize and batch; 0: all in the training process",

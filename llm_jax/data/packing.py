@@ -1,8 +1,9 @@
 """Packing tokenized documents into fixed-length rows.
 
-Every document becomes <bos> tokens <eos>. A row holds `row_len` = seq_len + 1 tokens (the model reads the first
-seq_len, the loss predicts the last seq_len) with `segment_ids` (1, 2, ... per document piece inside the row, 0 for
-padding) and `positions` (restarting at 0 where a piece starts), so attention never crosses documents.
+Every document becomes <bos> tokens <eos> (the tokenizer's ids for them). A row holds `row_len` tokens (seq_len + 1
+for causal LM: the model reads the first seq_len, the loss predicts the last seq_len) with `segment_ids` (1, 2, ...
+per document piece inside the row, 0 for padding) and `positions` (restarting at 0 where a piece starts), so
+attention never crosses documents.
 
 Strategies (`data.packing`):
   concat    documents end to end, cut every row_len tokens: no padding, but documents straddle rows.
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS, Specials
 
 STRATEGIES = ("concat", "best_fit", "pad")
 BEST_FIT_WINDOW = 8192  # documents packed together; bounds memory and time on large corpora
@@ -32,18 +33,19 @@ def positions_from_segments(segment_ids: np.ndarray) -> np.ndarray:
     return (idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)).astype(np.int32)
 
 
-def _with_markers(docs_tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _with_markers(docs_tokens: Sequence[np.ndarray], specials: Specials) -> list[np.ndarray]:
     if not len(docs_tokens):
         raise ValueError("no documents to pack")
-    return [np.concatenate([[BOS_ID], np.asarray(t, np.int32), [EOS_ID]]).astype(np.int32) for t in docs_tokens]
+    return [np.concatenate([[specials.bos], np.asarray(t, np.int32), [specials.eos]]).astype(np.int32)
+            for t in docs_tokens]
 
 
-def _concat(docs: list[np.ndarray], row_len: int) -> tuple[np.ndarray, np.ndarray]:
+def _concat(docs: list[np.ndarray], row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     stream = np.concatenate(docs)
     doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
     n_rows = -(-len(stream) // row_len)
     pad = n_rows * row_len - len(stream)
-    tokens = np.pad(stream, (0, pad), constant_values=PAD_ID).reshape(n_rows, row_len)
+    tokens = np.pad(stream, (0, pad), constant_values=pad_id).reshape(n_rows, row_len)
     doc_of = np.pad(doc_of, (0, pad), constant_values=-1).reshape(n_rows, row_len)
     segment_ids = (doc_of - doc_of[:, :1] + 1).astype(np.int32)  # documents 1, 2, ... inside each row
     segment_ids[doc_of < 0] = 0
@@ -54,8 +56,8 @@ def _pieces(docs: list[np.ndarray], row_len: int) -> list[np.ndarray]:
     return [d[i:i + row_len] for d in docs for i in range(0, len(d), row_len)]
 
 
-def _assemble(bins: list[list[np.ndarray]], row_len: int) -> tuple[np.ndarray, np.ndarray]:
-    tokens = np.full((len(bins), row_len), PAD_ID, np.int32)
+def _assemble(bins: list[list[np.ndarray]], row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(bins), row_len), pad_id, np.int32)
     segment_ids = np.zeros((len(bins), row_len), np.int32)
     for r, pieces in enumerate(bins):
         at = 0
@@ -83,15 +85,17 @@ def _best_fit(pieces: list[np.ndarray], row_len: int) -> list[list[np.ndarray]]:
     return bins
 
 
-def pack_documents(docs_tokens: Sequence[np.ndarray], row_len: int, strategy: str = "concat") -> Rows:
-    """All documents as rows of `row_len` tokens, by `strategy` (see the module docstring)."""
-    docs = _with_markers(docs_tokens)
+def pack_documents(docs_tokens: Sequence[np.ndarray], row_len: int, strategy: str = "concat",
+                   specials: Specials = DEFAULT_SPECIALS) -> Rows:
+    """All documents as rows of `row_len` tokens, by `strategy` (see the module docstring), marked and padded
+    with the tokenizer's `specials`."""
+    docs, pad = _with_markers(docs_tokens, specials), specials.pad
     if strategy == "concat":
-        tokens, segment_ids = _concat(docs, row_len)
+        tokens, segment_ids = _concat(docs, row_len, pad)
     elif strategy == "pad":
-        tokens, segment_ids = _assemble([[p] for p in _pieces(docs, row_len)], row_len)
+        tokens, segment_ids = _assemble([[p] for p in _pieces(docs, row_len)], row_len, pad)
     elif strategy == "best_fit":
-        parts = [_assemble(_best_fit(_pieces(docs[i:i + BEST_FIT_WINDOW], row_len), row_len), row_len)
+        parts = [_assemble(_best_fit(_pieces(docs[i:i + BEST_FIT_WINDOW], row_len), row_len), row_len, pad)
                  for i in range(0, len(docs), BEST_FIT_WINDOW)]
         tokens, segment_ids = (np.concatenate(x) for x in zip(*parts, strict=True))
     else:

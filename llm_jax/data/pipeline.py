@@ -127,8 +127,9 @@ def tokenized_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
 def pack_splits(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, stats: SourceStats,
                 row_len: int) -> tuple[list[Rows], Rows]:
     train, validation = tokenized_splits(cfg, tokenizer, stats)
-    return ([pack_documents(docs, row_len, cfg.data.packing) for docs in train],
-            pack_documents(validation, row_len, cfg.data.packing))
+    specials = tokenizer.specials
+    return ([pack_documents(docs, row_len, cfg.data.packing, specials) for docs in train],
+            pack_documents(validation, row_len, cfg.data.packing, specials))
 
 
 def make_loaders(cfg: ml_collections.ConfigDict, objective: Objective, train_sources: Sequence, eval_source,

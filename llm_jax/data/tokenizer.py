@@ -1,22 +1,42 @@
 """Tokenizers. The special tokens are declared here, once, for every tokenizer kind.
 
-Every tokenizer uses ids 0, 1, 2 for <pad>, <bos>, <eos>, so packing, masking and sampling never ask which kind
-they have. A SentencePiece processor does not pickle, so it is loaded lazily (and again in each grain worker).
+The byte and SentencePiece tokenizers use ids 0, 1, 2 for <pad>, <bos>, <eos>; a Hugging Face tokenizer
+(tokenizer.json) has its own. Each tokenizer says which in `specials`, which packing and sampling read. A
+SentencePiece processor does not pickle, so it is loaded lazily (and again in each grain worker).
 """
 
+import dataclasses
 import hashlib
+import json
 import pathlib
 
 import numpy as np
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in every tokenizer
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in the byte and SentencePiece tokenizers
+
+
+@dataclasses.dataclass(frozen=True)
+class Specials:
+    """The ids that mark padding and a document's start and end."""
+
+    pad: int = PAD_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(sorted({self.pad, self.bos, self.eos}))
+
+
+DEFAULT_SPECIALS = Specials()  # the byte and SentencePiece tokenizers'
 
 
 class ByteTokenizer:
     """UTF-8 bytes shifted past the special tokens: needs no files and never sees an unknown symbol."""
 
     kind = "byte"
+    specials = DEFAULT_SPECIALS
     offset = len(SPECIAL_TOKENS)
     vocab_size = offset + 256
 
@@ -44,6 +64,7 @@ class SentencePieceTokenizer:
     """A SentencePiece model trained by `llm-jax tokenizer train` (pad 0, bos 1, eos 2, unk 3, byte fallback)."""
 
     kind = "sentencepiece"
+    specials = DEFAULT_SPECIALS
 
     def __init__(self, model_path: str | pathlib.Path):
         self.model_path = pathlib.Path(model_path)
@@ -90,13 +111,91 @@ class SentencePieceTokenizer:
                 "hash": hashlib.sha256(self._proto).hexdigest()[:16], "path": str(self.model_path)}
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (GPT-2 byte-level BPE, Llama 3 BPE, BERT WordPiece, ...) through the
+    `tokenizers` library; its special ids come from the directory's tokenizer_config.json / special_tokens_map.json
+    (or the file's own added tokens)."""
+
+    kind = "hf"
+
+    def __init__(self, path: str | pathlib.Path):
+        path = pathlib.Path(path)
+        self.path = path / "tokenizer.json" if path.is_dir() else path
+        self._json = self.path.read_bytes()
+        self._tok = None
+        self.specials = _hf_specials(self.path.parent, self.tok)
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            from tokenizers import Tokenizer as _Tokenizer
+
+            self._tok = _Tokenizer.from_str(self._json.decode("utf-8"))
+        return self._tok
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tok": None}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def token_bytes(self) -> np.ndarray:
+        """[vocab_size] UTF-8 bytes each id decodes to alone (0 for special tokens): exact for byte-level BPE,
+        close for WordPiece and SentencePiece-style pieces."""
+        added = self.tok.get_added_tokens_decoder()  # id -> AddedToken
+        special = set(self.specials.ids) | {i for i, t in added.items() if t.special}
+        return np.array([0 if i in special else len(self.tok.decode([i]).encode("utf-8"))
+                         for i in range(self.vocab_size)], np.int32)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "hash": hashlib.sha256(self._json).hexdigest()[:16],
+                "path": str(self.path)}
+
+
+def _hf_specials(directory: pathlib.Path, tok) -> Specials:
+    """pad/bos/eos ids from tokenizer_config.json or special_tokens_map.json; a missing bos or pad falls back to eos
+    (GPT-2 has one <|endoftext|> for all three)."""
+    names: dict[str, str] = {}
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (directory / file).is_file():
+            for role in ("pad", "bos", "eos"):
+                value = json.loads((directory / file).read_text()).get(f"{role}_token")
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str):
+                    names.setdefault(role, value)
+    ids = {role: tok.token_to_id(name) for role, name in names.items() if tok.token_to_id(name) is not None}
+    if "eos" not in ids:
+        from llm_jax.config.load import ConfigError
+
+        raise ConfigError(f"{directory}: no eos token in tokenizer_config.json or special_tokens_map.json; the "
+                          "packer needs one to end documents")
+    return Specials(pad=ids.get("pad", ids["eos"]), bos=ids.get("bos", ids["eos"]), eos=ids["eos"])
+
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
 
 
 def make_tokenizer(name: str, path: str = "") -> Tokenizer:
-    """`data.tokenizer` is 'byte' or 'sentencepiece' (then `data.tokenizer_path` is the .model file)."""
+    """`data.tokenizer` is 'byte', 'sentencepiece' (then `data.tokenizer_path` is the .model file) or 'hf' (then it
+    is a tokenizer.json or the Hugging Face directory holding one)."""
     if name == "byte":
         return ByteTokenizer()
+    if name == "hf":
+        file = pathlib.Path(path) / "tokenizer.json" if path and pathlib.Path(path).is_dir() else pathlib.Path(path)
+        if not path or not file.is_file():
+            from llm_jax.config.load import ConfigError
+
+            raise ConfigError(f"data.tokenizer_path={path!r} is not a tokenizer.json (or a directory with one); "
+                              "data.tokenizer=hf reads a Hugging Face tokenizer")
+        return HFTokenizer(file)
     if name == "sentencepiece":
         if not path or not pathlib.Path(path).is_file():
             from llm_jax.config.load import ConfigError
@@ -104,4 +203,4 @@ def make_tokenizer(name: str, path: str = "") -> Tokenizer:
             raise ConfigError(f"data.tokenizer_path={path!r} is not a file; pass the tokenizer.model written by "
                               "`llm-jax tokenizer train --out=DIR`")
         return SentencePieceTokenizer(path)
-    raise ValueError(f"unknown tokenizer '{name}' in data.tokenizer; choose: byte, sentencepiece")
+    raise ValueError(f"unknown tokenizer '{name}' in data.tokenizer; choose: byte, sentencepiece, hf")

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax.config.load import ConfigError
-from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Tokenizer
+from llm_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from llm_jax.objectives.base import Objective
 from llm_jax.objectives.example import Example, ExampleSpec, positions, token_fields
 from llm_jax.objectives.masking import mask_row, word_start_table
@@ -26,6 +26,7 @@ class MaskedLM(Objective):
                               f"{o.random_token_frac} is above 1; they are fractions of the chosen tokens")
         self.rate, self.mask_frac, self.random_frac = o.mask_rate, o.mask_token_frac, o.random_token_frac
         self.mask_id, self.random_hi = tokenizer.vocab_size, tokenizer.vocab_size
+        self.never_mask = tokenizer.specials.ids
         self.word_start_V = None
         if o.whole_word:
             try:
@@ -43,7 +44,7 @@ class MaskedLM(Objective):
     def example(self, row: dict[str, np.ndarray], rng: np.random.Generator) -> Example:
         tokens_L, seg_L = row["tokens"], row["segment_ids"]
         masked = mask_row(tokens_L, seg_L, rng, mask_id=self.mask_id, random_lo=len(SPECIAL_TOKENS),
-                          random_hi=self.random_hi, never_mask=(PAD_ID, BOS_ID, EOS_ID), rate=self.rate,
+                          random_hi=self.random_hi, never_mask=self.never_mask, rate=self.rate,
                           mask_frac=self.mask_frac, random_frac=self.random_frac, word_start_V=self.word_start_V)
         return {**masked, "segment_ids": seg_L, "positions": positions(seg_L)}
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from llm_jax.data.tokenizer import BOS_ID, EOS_ID
+from llm_jax.data.tokenizer import Specials
 from llm_jax.models.layout import on_mesh
 from llm_jax.train.sample import generate
 
@@ -22,17 +22,17 @@ if TYPE_CHECKING:
 
 
 def _decoder_continue(model, params, prompts: list[np.ndarray], max_new: int, context: int, sentinel: int,
-                      **sampling) -> list[np.ndarray]:
-    return generate(model, params, prompts, max_new, context, **sampling)
+                      specials: Specials, **sampling) -> list[np.ndarray]:
+    return generate(model, params, prompts, max_new, context, specials=specials, **sampling)
 
 
 def _seq2seq_continue(model, params, prompts: list[np.ndarray], max_new: int, context: int, sentinel: int,
-                      **sampling) -> list[np.ndarray]:
+                      specials: Specials, **sampling) -> list[np.ndarray]:
     """The encoder reads <bos> prompt <sentinel 0>, as if the rest of the document had been dropped; the decoder
     writes it back after the sentinel."""
     from llm_jax.train.sample_seq2seq import generate_seq2seq
 
-    rows = [np.concatenate([[BOS_ID], p, [sentinel]])[-context:].astype(np.int32).tolist() for p in prompts]
+    rows = [np.concatenate([[specials.bos], p, [sentinel]])[-context:].astype(np.int32).tolist() for p in prompts]
     return generate_seq2seq(model, params, rows, max_new, **sampling)
 
 
@@ -41,20 +41,20 @@ CONTINUATIONS = {"decoder": _decoder_continue, "encoder_decoder": _seq2seq_conti
 
 
 def continue_prompts(family: str, model, params, prompts: list[np.ndarray], max_new: int, context: int,
-                     sentinel: int, **sampling) -> list[np.ndarray]:
-    """New token ids after each prompt (`sentinel`: the first id after the tokenizer's); `sampling`: temperature,
-    top_k, top_p, seed. Run inside on_mesh for sharded parameters."""
+                     sentinel: int, specials: Specials, **sampling) -> list[np.ndarray]:
+    """New token ids after each prompt (`sentinel`: the first id after the tokenizer's; `specials`: its special
+    ids); `sampling`: temperature, top_k, top_p, seed. Run inside on_mesh for sharded parameters."""
     if family not in CONTINUATIONS:
         raise ValueError(f"model.family={family!r} does not generate text; it fills in masked tokens (the run's "
                          "samples.txt shows it)")
-    return CONTINUATIONS[family](model, params, prompts, max_new, context, sentinel, **sampling)
+    return CONTINUATIONS[family](model, params, prompts, max_new, context, sentinel, specials, **sampling)
 
 
 def sample_continuation(run: "Run") -> str:
     s, tok = run.cfg.sample, run.data.tokenizer
     with on_mesh(run.mesh, run.rules):
         new_ids = continue_prompts(run.cfg.model.family, run.state.model, run.state.params, [tok.encode(s.prompt)],
-                                   s.max_new_tokens, run.cfg.train.seq_len, run.objective.first_extra_id,
+                                   s.max_new_tokens, run.cfg.train.seq_len, run.objective.first_extra_id, tok.specials,
                                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)[0]
     return s.prompt + tok.decode(new_ids)  # extra ids (sentinels) are not text: decode drops them
 
@@ -65,7 +65,8 @@ def sample_encoder(run: "Run") -> str:
     from llm_jax.train.step import forward
 
     tok, mask_id = run.data.tokenizer, run.objective.first_extra_id
-    ids = np.concatenate([[BOS_ID], tok.encode(run.cfg.sample.prompt), [EOS_ID]])[: run.cfg.train.seq_len]
+    ids = np.concatenate([[tok.specials.bos], tok.encode(run.cfg.sample.prompt), [tok.specials.eos]])
+    ids = ids[: run.cfg.train.seq_len]
     hidden = np.zeros(len(ids), bool)
     hidden[1:-1:7] = True
     masked = np.where(hidden, mask_id, ids).astype(np.int32)[None]

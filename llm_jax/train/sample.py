@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS, EOS_ID, Specials
 from llm_jax.models.decoder import init_cache
 
 Array = jax.Array
@@ -52,8 +52,8 @@ def prefill(model: nn.Module, params, tokens_BP: Array, lengths_B: Array, cache_
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new"), donate_argnames=("cache",))
 def decode(model: nn.Module, params, cache: dict[str, Array], first_B: Array, lengths_B: Array, limits_B: Array,
-           max_new: int, rng: Array, temperature: Array, top_k: Array,
-           top_p: Array) -> tuple[Array, Array, dict[str, Array]]:
+           max_new: int, rng: Array, temperature: Array, top_k: Array, top_p: Array,
+           eos_id: Array | int = EOS_ID) -> tuple[Array, Array, dict[str, Array]]:
     """Feed one token per row per step until every row has hit <eos> or its limit (or max_new steps).
 
     Returns tokens_BT (T = max_new; column 0 is `first_B`, the prefill's token), the number of columns filled, and
@@ -62,7 +62,7 @@ def decode(model: nn.Module, params, cache: dict[str, Array], first_B: Array, le
     """
     B, S = first_B.shape[0], cache["k"].shape[2]
     tokens_BT = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(first_B)
-    done_B = (first_B == EOS_ID) | (limits_B <= 1)
+    done_B = (first_B == eos_id) | (limits_B <= 1)
 
     def cond(state):
         t, _, _, done_B, _ = state
@@ -76,7 +76,7 @@ def decode(model: nn.Module, params, cache: dict[str, Array], first_B: Array, le
                                         positions_B1, cache)
         next_B = sample_logits(logits_B1V[:, 0], jax.random.fold_in(rng, t), temperature, top_k, top_p)
         tokens_BT = tokens_BT.at[:, t].set(next_B)
-        done_B = done_B | (next_B == EOS_ID) | (t + 1 >= limits_B)
+        done_B = done_B | (next_B == eos_id) | (t + 1 >= limits_B)
         return t + 1, tokens_BT, next_B, done_B, cache
 
     t, tokens_BT, _, _, cache = jax.lax.while_loop(cond, body, (jnp.int32(1), tokens_BT, first_B, done_B, cache))
@@ -84,7 +84,8 @@ def decode(model: nn.Module, params, cache: dict[str, Array], first_B: Array, le
 
 
 def generate(model: nn.Module, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int, *,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[np.ndarray]:
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             specials: Specials = DEFAULT_SPECIALS) -> list[np.ndarray]:
     """Continue <bos> + each prompt; returns the new ids per prompt (without the <eos> that ended it).
 
     A row holds at most `context` tokens: an over-long prompt keeps its last tokens, leaving room for
@@ -97,23 +98,24 @@ def generate(model: nn.Module, params, prompts: Sequence[Sequence[int]], max_new
         raise ValueError(f"context={context} is above the model's position limit model.max_seq_len="
                          f"{model.cfg.max_seq_len}; pass a shorter context")
     keep = max(context - max_new_tokens, (context + 1) // 2)
-    rows = [np.concatenate([[BOS_ID], np.asarray(p, np.int32)])[-keep:].astype(np.int32) for p in prompts]
+    rows = [np.concatenate([[specials.bos], np.asarray(p, np.int32)])[-keep:].astype(np.int32) for p in prompts]
     lengths = np.array([len(r) for r in rows], np.int32)
     limits = np.clip(context - lengths, 0, max(max_new_tokens, 0)).astype(np.int32)
     max_new = int(limits.max(initial=0))
     if max_new == 0:
         return [np.zeros(0, np.int32) for _ in rows]
-    tokens = np.full((len(rows), int(lengths.max())), PAD_ID, np.int32)
+    tokens = np.full((len(rows), int(lengths.max())), specials.pad, np.int32)
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = r
     rng = jax.random.key(seed)
     sampling = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
     first, cache = prefill(model, params, tokens, lengths, context, rng, *sampling)
-    new, steps, _ = decode(model, params, cache, first, lengths, limits, max_new, rng, *sampling)
+    new, steps, _ = decode(model, params, cache, first, lengths, limits, max_new, rng, *sampling,
+                           jnp.int32(specials.eos))
     new, steps = np.asarray(new), int(steps)
     out = []
     for row, limit in zip(new, limits, strict=True):
         row = row[: min(limit, steps)]
-        eos = np.flatnonzero(row == EOS_ID)
+        eos = np.flatnonzero(row == specials.eos)
         out.append(row[: eos[0]] if len(eos) else row)
     return out
