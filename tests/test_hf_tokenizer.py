@@ -62,7 +62,7 @@ def test_identity_changes_with_the_file_and_a_missing_file_is_a_config_error(hf_
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end|>"}))
     b = make_tokenizer("hf", str(tmp_path)).identity()
     assert a["kind"] == b["kind"] == "hf" and a["hash"] != b["hash"]
-    with pytest.raises(ConfigError, match="data.tokenizer_path='nowhere' is not a tokenizer.json"):
+    with pytest.raises(ConfigError, match=r"data\.tokenizer_path='nowhere' is not a tokenizer\.json"):
         make_tokenizer("hf", "nowhere")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({}))
     with pytest.raises(ConfigError, match="no eos token"):
