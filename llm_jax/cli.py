@@ -3,7 +3,7 @@
 import sys
 
 from llm_jax.cli_parse import COMMANDS, Parser, UsageError, config_parser, parse_with_config, split_config_flags
-from llm_jax.cli_trained import eval_command, export_command, sample_command
+from llm_jax.cli_trained import eval_command, export_command, hf_command, sample_command
 from llm_jax.config import ConfigError, load_config
 from llm_jax.config.validate import check_keys
 from llm_jax.data.sources import DataError
@@ -220,7 +220,7 @@ def _sweep(argv: list[str]) -> int:
 
 HANDLERS = {"train": _train, "tokenizer": _tokenizer, "bench": _bench, "data": _data, "export": export_command,
             "eval": eval_command, "sample": sample_command, "plan": _plan, "config": _config,
-            "sweep": _sweep}
+            "sweep": _sweep, "hf": hf_command}
 
 
 def _usage() -> str:

@@ -39,6 +39,36 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+def hf_command(argv: list[str]) -> int:
+    """`llm-jax hf import --from=DIR --out=FILE.safetensors`."""
+    parser = Parser(prog="llm-jax hf", description=COMMANDS["hf"])
+    sub = parser.add_subparsers(dest="action", required=True)
+    imp = sub.add_parser("import", help="a local Hugging Face model directory -> an llm_jax parameter file")
+    imp.add_argument("--from", dest="source", required=True, help="the directory (config.json + safetensors)")
+    imp.add_argument("--out", required=True, help="the .safetensors file to write")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    if out.suffix != ".safetensors":
+        parser.error(f"--out={out} must end in .safetensors")
+    if out.is_file() and not args.overwrite:
+        parser.error(f"--out={out} exists; pass --overwrite to replace it, or give another name")
+
+    import time
+
+    from llm_jax.hf.importer import HFError, write_import
+
+    start = time.perf_counter()
+    try:
+        keys, count = write_import(args.source, out)
+    except HFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {keys['family']} model, {count:,} parameters, in {time.perf_counter() - start:.1f} s | "
+          f"sample with `llm-jax sample --workdir={out}`, fine-tune with --config.checkpoint.init_from={out}")
+    return 0
+
+
 def trained_parser(command: str) -> argparse.ArgumentParser:
     parser = Parser(prog=f"llm-jax {command}", description=COMMANDS[command],
                     epilog="The model, tokenizer and data keys come from the saved config; the rest (mesh, "

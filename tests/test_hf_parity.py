@@ -20,6 +20,16 @@ VOCAB, L = 96, 24
 
 
 def _hf_model(kind: str):
+    model = _fresh_hf_model(kind)
+    # transformers starts biases at 0 and norm scales at 1, where a mis-mapped bias or norm would not show.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if ("ln" in name or "norm" in name) else 0.0, 0.1)
+    return model
+
+
+def _fresh_hf_model(kind: str):
     torch.manual_seed(0)
     if kind == "gpt2":
         # Weights 10x GPT-2's scale, so that a wrong activation (erf vs tanh GELU) shows in the logits.

@@ -70,3 +70,34 @@ def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, 
     keys = arch.model_keys(hf)
     read, close = tensor_reader(directory)
     return keys, arch.tensors(read, keys), close
+
+
+def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tuple[dict, int]:
+    """Write a Hugging Face model directory as an llm_jax parameter file (`llm-jax export`'s format): the portable
+    tensors, and a config (its model keys; its tokenizer.json, if the directory has one) that `sample`, `eval` and
+    `checkpoint.init_from` read. Returns the model keys and the number of parameters."""
+    import json as _json
+
+    from llm_jax.checkpoint import safetensors as st
+    from llm_jax.config.base import base_config
+    from llm_jax.data.tokenizer import make_tokenizer
+
+    directory = pathlib.Path(directory).absolute()
+    keys, tensors, close = import_hf(directory)
+    try:
+        portable = dict(tensors)
+    finally:
+        close()
+    cfg = base_config()
+    for k, v in keys.items():
+        cfg.model[k] = v
+    cfg.model_preset = f"hf:{read_config(directory)['model_type']}"
+    cfg.train.seq_len = min(cfg.train.seq_len, keys["max_seq_len"])
+    tokenizer = {}
+    if (directory / "tokenizer.json").is_file():
+        cfg.data.tokenizer, cfg.data.tokenizer_path = "hf", str(directory)
+        tokenizer = make_tokenizer("hf", str(directory)).identity()
+    metadata = {"format": "llm_jax", "step": "", "config": cfg.to_json_best_effort(),
+                "tokenizer": _json.dumps(tokenizer), "source": str(directory)}
+    st.write(out, portable, metadata)
+    return keys, sum(int(np.prod(a.shape)) for a in portable.values())
