@@ -9,7 +9,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from llm_jax.hf import bert
-from llm_jax.hf.importer import import_hf
+from llm_jax.hf.importer import read_portable
 from tests.test_hf_parity import VOCAB, L, _imported
 
 
@@ -91,9 +91,7 @@ def test_bert_legacy_gamma_beta_names_import_the_same(tmp_path):
     save_file(renamed, tmp_path / "old" / "model.safetensors")
     both = []
     for sub in ("new", "old"):
-        _, tensors, close = import_hf(tmp_path / sub)
-        both.append(dict(tensors))
-        close()
+        both.append(read_portable(tmp_path / sub)[1])
     assert both[0].keys() == both[1].keys()
     for name, value in both[0].items():
         np.testing.assert_array_equal(both[1][name], value, err_msg=name)

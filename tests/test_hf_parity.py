@@ -10,9 +10,11 @@ import torch  # the reference implementation: in the test extra, so a missing on
 import transformers
 
 from llm_jax.checkpoint.params import _place, from_portable
-from llm_jax.config.validate import finalize
-from llm_jax.hf.importer import import_hf
+from llm_jax.config.validate import finalize, validate
+from llm_jax.data.tokenizer import make_tokenizer
+from llm_jax.hf.importer import read_portable
 from llm_jax.models import build_model
+from llm_jax.objectives import make_objective
 from llm_jax.train.state import abstract_params
 from tests.conftest import small_config
 
@@ -45,19 +47,17 @@ def _fresh_hf_model(kind: str):
     return transformers.LlamaForCausalLM(cfg)
 
 
-def _imported(directory):
-    keys, tensors, close = import_hf(directory)
-    try:
-        portable = dict(tensors)
-    finally:
-        close()
+def _imported(directory, seq_len: int = L):
+    """The imported model and its parameters on one device, for examples of its objective at `seq_len`."""
+    keys, portable = read_portable(directory)
     cfg = small_config()
     for k, v in keys.items():
         cfg.model[k] = v
-    cfg.train.seq_len = L
+    cfg.train.seq_len = seq_len
     cfg = finalize(cfg, keys["vocab_size"])
+    validate(cfg, jax.device_count())
     model = build_model(cfg.model)
-    abstract = nn.unbox(abstract_params(model, L))
+    abstract = nn.unbox(abstract_params(model, make_objective(cfg, make_tokenizer("byte")).spec()))
     host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shaped = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=host), abstract)
     return model, _place(from_portable(portable, shaped, str(directory)), shaped)

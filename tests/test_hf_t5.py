@@ -2,21 +2,14 @@
 download), imported into the encoder_decoder family, give transformers' logits to 1e-4 in float32 — on random
 inputs and targets, and on rows packing two documents in both the encoder and the decoder."""
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch  # the reference implementation: in the test extra, so a missing one fails loudly
 import transformers
 
-from llm_jax.checkpoint.params import _place, from_portable
-from llm_jax.config.validate import finalize, validate
-from llm_jax.hf.importer import import_hf
-from llm_jax.models import build_model
-from llm_jax.objectives import ExampleSpec
-from llm_jax.train.state import abstract_params
-from tests.conftest import small_config
+from llm_jax.hf.importer import import_hf, read_portable
+from tests.test_hf_parity import _imported
 
 VOCAB, D, L, T = 96, 64, 40, 16  # encoder length 40 reaches the logarithmic buckets (distance >= 8 both ways)
 TOLERANCE = 1e-4
@@ -42,27 +35,6 @@ def _hf_model(kind: str) -> transformers.T5ForConditionalGeneration:
     return model
 
 
-def _imported(directory):
-    keys, tensors, close = import_hf(directory)
-    try:
-        portable = dict(tensors)
-    finally:
-        close()
-    cfg = small_config()
-    for k, v in keys.items():
-        cfg.model[k] = v
-    cfg.train.seq_len = L
-    cfg = finalize(cfg, keys["vocab_size"])
-    validate(cfg, jax.device_count())
-    model = build_model(cfg.model)
-    ints = [(f"encoder_{n}", L, "int32") for n in ("inputs", "segment_ids", "positions")]
-    ints += [(n, T, "int32") for n in ("decoder_inputs", "targets", "segment_ids", "positions")]
-    abstract = nn.unbox(abstract_params(model, ExampleSpec((*ints, ("weights", T, "float32")))))
-    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shaped = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=host), abstract)
-    return model, _place(from_portable(portable, shaped, str(directory)), shaped)
-
-
 def _logits(model, params, enc_BL, enc_seg_BL, enc_pos_BL, dec_BT, seg_BT, pos_BT) -> np.ndarray:
     args = (enc_BL, enc_seg_BL, enc_pos_BL, dec_BT, seg_BT, pos_BT)
     return np.asarray(model.apply({"params": params}, *(jnp.asarray(a) for a in args)))
@@ -80,7 +52,7 @@ def test_imported_t5_logits_equal_transformers(kind, tmp_path):
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     head_is_embedding = torch.equal(hf.lm_head.weight, hf.shared.weight)
     assert (head_is_embedding, hf.config.scale_decoder_outputs) == (kind in ("shared", "tied"), kind == "tied")
-    model, params = _imported(tmp_path)
+    model, params = _imported(tmp_path, L)
 
     rng = np.random.default_rng(0)
     enc_BL, dec_BT = rng.integers(0, VOCAB, size=(2, L)), rng.integers(0, VOCAB, size=(2, T))
@@ -108,12 +80,8 @@ def test_t5_without_a_counterpart_is_refused(tmp_path):
     model = _hf_model("tied")
     model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, D))
     model.save_pretrained(tmp_path)
-    _, tensors, close = import_hf(tmp_path)
-    try:
-        with pytest.raises(ValueError, match="has an lm_head of its own"):
-            dict(tensors)
-    finally:
-        close()
+    with pytest.raises(ValueError, match="has an lm_head of its own"):
+        read_portable(tmp_path)
     # The original T5's relu MLP.
     transformers.T5Config(d_model=D, num_heads=4, vocab_size=VOCAB, feed_forward_proj="relu").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="feed_forward_proj 'relu' is not supported"):

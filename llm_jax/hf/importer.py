@@ -72,6 +72,16 @@ def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, 
     return keys, arch.tensors(read, keys), close
 
 
+def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The llm_jax model keys and every portable tensor of a Hugging Face directory, held together in host memory
+    (read one tensor at a time; the files are closed afterwards, also on an error)."""
+    keys, tensors, close = import_hf(directory)
+    try:
+        return keys, dict(tensors)
+    finally:
+        close()
+
+
 def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tuple[dict, int]:
     """Write a Hugging Face model directory as an llm_jax parameter file (`llm-jax export`'s format): the portable
     tensors, and a config (its model keys; its tokenizer.json, if the directory has one) that `sample`, `eval` and
@@ -83,11 +93,7 @@ def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tupl
     from llm_jax.data.tokenizer import make_tokenizer
 
     directory = pathlib.Path(directory).absolute()
-    keys, tensors, close = import_hf(directory)
-    try:
-        portable = dict(tensors)
-    finally:
-        close()
+    keys, portable = read_portable(directory)
     cfg = base_config()
     for k, v in keys.items():
         cfg.model[k] = v

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, dense, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, dense, token_inputs, weight
 from llm_jax.models.stack import run_stack
 
 Array = jax.Array
@@ -51,9 +51,7 @@ class Decoder(nn.Module):
     @staticmethod
     def inputs(example: dict) -> dict:
         """The model's arguments from an example (objectives/example.py): a prefix mask if the objective has one."""
-        args = {"tokens_BL": example["inputs"], "segment_ids_BL": example["segment_ids"],
-                "positions_BL": example["positions"]}
-        return {**args, "prefix_BL": example["prefix"]} if "prefix" in example else args
+        return token_inputs(example, {"prefix": "prefix_BL"})
 
     @nn.compact
     def __call__(self, tokens_BL: Array, segment_ids_BL: Array, positions_BL: Array,

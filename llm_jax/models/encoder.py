@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, bias, bidirectional_mask, constrain, dense, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, bias, bidirectional_mask, constrain, dense, token_inputs, weight
 from llm_jax.models.stack import run_stack
 
 Array = jax.Array
@@ -74,9 +74,7 @@ class Encoder(nn.Module):
     @staticmethod
     def inputs(example: dict) -> dict:
         """The model's arguments from an example (objectives/example.py): token types if the example has them."""
-        args = {"tokens_BL": example["inputs"], "segment_ids_BL": example["segment_ids"],
-                "positions_BL": example["positions"]}
-        return {**args, "token_types_BL": example["token_types"]} if "token_types" in example else args
+        return token_inputs(example, {"token_types": "token_types_BL"})
 
     @nn.compact
     def __call__(self, tokens_BL: Array, segment_ids_BL: Array, positions_BL: Array,

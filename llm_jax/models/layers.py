@@ -18,6 +18,14 @@ from llm_jax.models.layout import constrain
 Array = jax.Array
 
 
+def token_inputs(example: dict, optional: dict[str, str]) -> dict:
+    """A decoder's or encoder's arguments from an example (objectives/example.py): tokens, segment ids and
+    positions, plus each `optional` array (example name -> argument name) the example has."""
+    args = {"tokens_BL": example["inputs"], "segment_ids_BL": example["segment_ids"],
+            "positions_BL": example["positions"]}
+    return {**args, **{arg: example[name] for name, arg in optional.items() if name in example}}
+
+
 def weight(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
            cfg: FrozenConfigDict, init: Callable | None = None) -> Array:
     """Declare a parameter in param_dtype with logical axes; return it cast to the compute dtype."""

@@ -16,14 +16,13 @@ import numpy as np
 from llm_jax.data.packing import Rows
 from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.objectives.example import Example, ExampleSpec
-from llm_jax.objectives.loss import eval_sums, example_loss
+from llm_jax.objectives.loss import example_loss
 
 
 class Objective:
     name: ClassVar[str]
     target_len = 0  # the decoder's length, for encoder-decoder objectives
     loss = staticmethod(example_loss)  # (logits, example, z_loss) -> (ce_sum, z_sum)
-    eval_sums = staticmethod(eval_sums)  # (logits, example, token_bytes_V) -> sums
 
     def __init__(self, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer):
         self.seq_len = cfg.train.seq_len
