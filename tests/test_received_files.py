@@ -108,28 +108,27 @@ def _header_file(path: pathlib.Path, header, data: bytes = b"", size: int | None
 
 
 GOOD = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
-BAD_HEADERS = {
-    "past the file": (GOOD, b"\0" * 16, 10_000, r"header length 10000 runs past the file's"),
-    "huge": (GOOD, b"\0" * 16, 2**62, r"runs past the file's .* limit"),
-    "not json": (b"{nope", b"", None, r"the header is not JSON"),
-    "a list": ([1, 2], b"", None, r"the header is a JSON list, not an object"),
-    "dtype": ({"w": {**GOOD["w"], "dtype": "F8_E9"}}, b"\0" * 16, None, r"tensor 'w' has dtype 'F8_E9'"),
-    "negative dim": ({"w": {**GOOD["w"], "shape": [-2, -8]}}, b"\0" * 16, None, r"shape \[-2, -8\], not a list"),
-    "bool dim": ({"w": {**GOOD["w"], "shape": [True, 4]}}, b"\0" * 16, None, r"shape \[True, 4\], not a list"),
+BAD_HEADERS = {  # the `safetensors` package's checks, each reported as one line naming the file
+    "past the file": (GOOD, b"\0" * 16, 10_000, r"invalid header length"),
+    "huge": (GOOD, b"\0" * 16, 2**62, r"header too large"),
+    "not json": (b"{nope", b"", None, r"invalid JSON in header"),
+    "a list": ([1, 2], b"", None, r"invalid JSON in header: invalid type: sequence"),
+    "dtype": ({"w": {**GOOD["w"], "dtype": "F8_E9"}}, b"\0" * 16, None, r"unknown variant `F8_E9`"),
+    "negative dim": ({"w": {**GOOD["w"], "shape": [-2, -8]}}, b"\0" * 16, None, r"integer `-2`, expected usize"),
+    "bool dim": ({"w": {**GOOD["w"], "shape": [True, 4]}}, b"\0" * 16, None, r"boolean `true`, expected usize"),
     "offsets past the data": ({"w": {**GOOD["w"], "data_offsets": [0, 1 << 40]}}, b"\0" * 16, None,
-                              r"data_offsets \[0, 1099511627776\], not \[begin, end\] inside the 16-byte"),
-    "offsets backwards": ({"w": {**GOOD["w"], "data_offsets": [16, 0]}}, b"\0" * 16, None, r"data_offsets \[16, 0\]"),
-    "size": ({"w": {**GOOD["w"], "shape": [2, 3]}}, b"\0" * 16, None, r"16 bytes for shape \[2, 3\] of F32 \(24 "),
-    "no offsets": ({"w": {"dtype": "F32", "shape": [4]}}, b"\0" * 16, None, r"lacks dtype, shape or data_offsets"),
-    "metadata": ({"__metadata__": {"step": 3}, **GOOD}, b"\0" * 16, None, r"__metadata__ is not a map of strings"),
-    "dtype a list": ({"w": {**GOOD["w"], "dtype": ["F32"]}}, b"\0" * 16, None, r"tensor 'w' has dtype \['F32'\]"),
-    "deep json": (b"[" * 100_000 + b"]" * 100_000, b"", None, r"the header is not JSON"),
-    "duplicate name": (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "w": {"dtype": "F32", '
-                       b'"shape": [2, 2], "data_offsets": [0, 16]}}', b"\0" * 16, None, r"duplicate name 'w'"),
+                              r"invalid shape, data type, or offset for tensor"),
+    "offsets backwards": ({"w": {**GOOD["w"], "data_offsets": [16, 0]}}, b"\0" * 16, None,
+                          r"invalid offset for tensor `w`"),
+    "size": ({"w": {**GOOD["w"], "shape": [2, 3]}}, b"\0" * 16, None, r"invalid shape, data type, or offset"),
+    "no offsets": ({"w": {"dtype": "F32", "shape": [4]}}, b"\0" * 16, None, r"missing field `data_offsets`"),
+    "metadata": ({"__metadata__": {"step": 3}, **GOOD}, b"\0" * 16, None, r"integer `3`, expected a string"),
+    "dtype a list": ({"w": {**GOOD["w"], "dtype": ["F32"]}}, b"\0" * 16, None, r"invalid type: sequence"),
+    "deep json": (b"[" * 100_000 + b"]" * 100_000, b"", None, r"invalid JSON in header"),
     "overlap": ({**GOOD, "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 16, None,
-                r"tensor 'w' starts at byte 0 of the data section, not at 8"),
-    "gap": ({"w": {**GOOD["w"], "data_offsets": [8, 24]}}, b"\0" * 24, None, r"tensor 'w' starts at byte 8"),
-    "unused data": (GOOD, b"\0" * 20, None, r"the tensors cover 16 of the data section's 20 bytes"),
+                r"invalid offset for tensor"),
+    "gap": ({"w": {**GOOD["w"], "data_offsets": [8, 24]}}, b"\0" * 24, None, r"invalid offset for tensor `w`"),
+    "unused data": (GOOD, b"\0" * 20, None, r"incomplete metadata, file not fully covered"),
 }
 
 
@@ -149,10 +148,10 @@ def test_a_short_safetensors_file_ends_eval_and_init_from_with_one_line(tmp_path
     path.write_bytes(b"\x01\x02\x03\x04")
     assert main(["eval", f"--workdir={path}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is 4 bytes, too short for a safetensors file" in err and str(path) in err
+    assert err.count("\n") == 1 and "header too small" in err and str(path) in err
     cfg = small_config()
     cfg.checkpoint.init_from = str(path)
-    with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .*is 4 bytes, too short"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.init_from: .*header too small"):
         train(cfg, tmp_path / "run", DEVICES)  # refused before anything compiles
 
 

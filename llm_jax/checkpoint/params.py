@@ -232,7 +232,7 @@ def read_exported_header(path: pathlib.Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
-        return safetensors.read_header(path)[1]
+        return safetensors.read_header(path)
     except safetensors.SafetensorsError as e:
         raise CheckpointError(str(e)) from None
 
