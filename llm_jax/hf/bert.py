@@ -6,14 +6,12 @@ Hugging Face stores linears as [out, in]. Files written before LayerNorm was ren
 parameters gamma / beta; transformers still loads those, so this does too.
 """
 
-from collections.abc import Callable, Iterator
+from llm_jax.hf.mapping import Tensor, linear, reshaped, same
 
-import numpy as np
-
-Read = Callable[[str], np.ndarray]
-
+ARCHITECTURE = "BertForMaskedLM"
 # BERT's "gelu" is the exact (erf) one; the tanh approximations are llm_jax's "gelu".
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+_HF_ACTIVATIONS = {"gelu_exact": "gelu", "gelu": "gelu_new"}
 
 
 def model_keys(hf: dict) -> dict:
@@ -36,42 +34,43 @@ def model_keys(hf: dict) -> dict:
             "mlp": _ACTIVATIONS[act], "tie_embeddings": bool(hf.get("tie_word_embeddings", True)), "use_bias": True}
 
 
-def _layernorm(read: Read, prefix: str, ours: str) -> Iterator[tuple[str, np.ndarray]]:
-    # read raises importer.HFError (a ValueError; importing it here would be circular) for a missing tensor.
-    try:
-        scale_D, bias_D = read(prefix + "weight"), read(prefix + "bias")
-    except ValueError as missing:
-        try:
-            scale_D, bias_D = read(prefix + "gamma"), read(prefix + "beta")
-        except ValueError:
-            raise missing from None
-    yield f"{ours}.scale", scale_D
-    yield f"{ours}.bias", bias_D
+def hf_config(m: dict) -> dict:
+    """The config.json fields that model_keys reads back as `m`."""
+    return {"model_type": "bert", "num_hidden_layers": m["num_layers"], "hidden_size": m["d_model"],
+            "num_attention_heads": m["num_heads"], "intermediate_size": m["mlp_dim"],
+            "max_position_embeddings": m["max_seq_len"], "vocab_size": m["vocab_size"],
+            "type_vocab_size": m["type_vocab_size"], "layer_norm_eps": m["norm_eps"],
+            "hidden_act": _HF_ACTIVATIONS.get(m["mlp"], m["mlp"]),
+            "position_embedding_type": "absolute", "tie_word_embeddings": m["tie_embeddings"]}
 
 
-def tensors(read: Read, m: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """(portable name, array) for every parameter, in the model's layouts."""
-    D, H, K = m["d_model"], m["num_heads"], m["head_dim"]
-    yield "embedding", read("bert.embeddings.word_embeddings.weight")
-    yield "pos_embedding", read("bert.embeddings.position_embeddings.weight")
-    yield "type_embedding", read("bert.embeddings.token_type_embeddings.weight")
-    yield from _layernorm(read, "bert.embeddings.LayerNorm.", "embed_norm")
+def _layernorm(hf: str, ours: str) -> list[Tensor]:
+    return [same(hf + "weight", f"{ours}.scale"), same(hf + "bias", f"{ours}.bias")]
+
+
+def table(m: dict) -> list[Tensor]:
+    D, H, K, F = m["d_model"], m["num_heads"], m["head_dim"], m["mlp_dim"]
+    out = [same("bert.embeddings.word_embeddings.weight", "embedding"),
+           same("bert.embeddings.position_embeddings.weight", "pos_embedding"),
+           same("bert.embeddings.token_type_embeddings.weight", "type_embedding"),
+           *_layernorm("bert.embeddings.LayerNorm.", "embed_norm")]
     for i in range(m["num_layers"]):
         hf, ours = f"bert.encoder.layer.{i}.", f"layers.{i}."
         for hf_name, name in (("query", "q"), ("key", "k"), ("value", "v")):
-            yield f"{ours}attn.w{name}", read(f"{hf}attention.self.{hf_name}.weight").T.reshape(D, H, K)
-            yield f"{ours}attn.b{name}", read(f"{hf}attention.self.{hf_name}.bias").reshape(H, K)
-        yield f"{ours}attn.wo", read(hf + "attention.output.dense.weight").T.reshape(H, K, D)
-        yield f"{ours}attn.bo", read(hf + "attention.output.dense.bias")
-        yield from _layernorm(read, hf + "attention.output.LayerNorm.", ours + "attn_norm")
-        yield f"{ours}mlp.wi", read(hf + "intermediate.dense.weight").T
-        yield f"{ours}mlp.bi", read(hf + "intermediate.dense.bias")
-        yield f"{ours}mlp.wo", read(hf + "output.dense.weight").T
-        yield f"{ours}mlp.bo", read(hf + "output.dense.bias")
-        yield from _layernorm(read, hf + "output.LayerNorm.", ours + "mlp_norm")
-    yield "mlm_head.wi", read("cls.predictions.transform.dense.weight").T
-    yield "mlm_head.bi", read("cls.predictions.transform.dense.bias")
-    yield from _layernorm(read, "cls.predictions.transform.LayerNorm.", "mlm_head.norm")
-    yield "mlm_head.bias", read("cls.predictions.bias")
+            out += [linear(f"{hf}attention.self.{hf_name}.weight", f"{ours}attn.w{name}", (D,), (H, K)),
+                    reshaped(f"{hf}attention.self.{hf_name}.bias", f"{ours}attn.b{name}", (H, K))]
+        out += [linear(hf + "attention.output.dense.weight", f"{ours}attn.wo", (H, K), (D,)),
+                same(hf + "attention.output.dense.bias", f"{ours}attn.bo"),
+                *_layernorm(hf + "attention.output.LayerNorm.", ours + "attn_norm"),
+                linear(hf + "intermediate.dense.weight", f"{ours}mlp.wi", (D,), (F,)),
+                same(hf + "intermediate.dense.bias", f"{ours}mlp.bi"),
+                linear(hf + "output.dense.weight", f"{ours}mlp.wo", (F,), (D,)),
+                same(hf + "output.dense.bias", f"{ours}mlp.bo"),
+                *_layernorm(hf + "output.LayerNorm.", ours + "mlp_norm")]
+    out += [linear("cls.predictions.transform.dense.weight", "mlm_head.wi", (D,), (D,)),
+            same("cls.predictions.transform.dense.bias", "mlm_head.bi"),
+            *_layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm"),
+            same("cls.predictions.bias", "mlm_head.bias")]
     if not m["tie_embeddings"]:
-        yield "mlm_head.unembed", read("cls.predictions.decoder.weight").T
+        out.append(linear("cls.predictions.decoder.weight", "mlm_head.unembed", (D,), (m["vocab_size"],)))
+    return out

@@ -3,11 +3,9 @@
 Hugging Face stores GPT-2's linears as Conv1D (weight [in, out]) and q, k, v as one `c_attn` of width 3D.
 """
 
-from collections.abc import Callable, Iterator
+from llm_jax.hf.mapping import Tensor, conv1d, fused, same
 
-import numpy as np
-
-Read = Callable[[str], np.ndarray]
+ARCHITECTURE = "GPT2LMHeadModel"
 
 
 def model_keys(hf: dict) -> dict:
@@ -18,25 +16,26 @@ def model_keys(hf: dict) -> dict:
             "positions": "learned", "mlp": "gelu", "tie_embeddings": True, "use_bias": True}
 
 
-def tensors(read: Read, m: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """(portable name, array) for every parameter, in the model's layouts."""
-    D, H, K = m["d_model"], m["num_heads"], m["head_dim"]
-    yield "embedding", read("transformer.wte.weight")
-    yield "pos_embedding", read("transformer.wpe.weight")
+def hf_config(m: dict) -> dict:
+    """The config.json fields that model_keys reads back as `m`."""
+    return {"model_type": "gpt2", "n_layer": m["num_layers"], "n_embd": m["d_model"], "n_head": m["num_heads"],
+            "n_inner": m["mlp_dim"], "n_positions": m["max_seq_len"], "n_ctx": m["max_seq_len"],
+            "vocab_size": m["vocab_size"], "layer_norm_epsilon": m["norm_eps"], "activation_function": "gelu_new",
+            "tie_word_embeddings": True}
+
+
+def table(m: dict) -> list[Tensor]:
+    D, H, K, F = m["d_model"], m["num_heads"], m["head_dim"], m["mlp_dim"]
+    out = [same("transformer.wte.weight", "embedding"), same("transformer.wpe.weight", "pos_embedding")]
     for i in range(m["num_layers"]):
         hf, ours = f"transformer.h.{i}.", f"layers.{i}."
-        w_D3D, b_3D = read(hf + "attn.c_attn.weight"), read(hf + "attn.c_attn.bias")
-        for j, name in enumerate(("q", "k", "v")):
-            yield f"{ours}attn.w{name}", w_D3D[:, j * D:(j + 1) * D].reshape(D, H, K)
-            yield f"{ours}attn.b{name}", b_3D[j * D:(j + 1) * D].reshape(H, K)
-        yield f"{ours}attn.wo", read(hf + "attn.c_proj.weight").reshape(H, K, D)
-        yield f"{ours}attn.bo", read(hf + "attn.c_proj.bias")
-        yield f"{ours}mlp.wi", read(hf + "mlp.c_fc.weight")
-        yield f"{ours}mlp.bi", read(hf + "mlp.c_fc.bias")
-        yield f"{ours}mlp.wo", read(hf + "mlp.c_proj.weight")
-        yield f"{ours}mlp.bo", read(hf + "mlp.c_proj.bias")
+        out += [fused(hf + "attn.c_attn.weight", [f"{ours}attn.w{n}" for n in "qkv"], (D, H, K)),
+                fused(hf + "attn.c_attn.bias", [f"{ours}attn.b{n}" for n in "qkv"], (H, K)),
+                conv1d(hf + "attn.c_proj.weight", f"{ours}attn.wo", (H, K), (D,)),
+                same(hf + "attn.c_proj.bias", f"{ours}attn.bo"),
+                conv1d(hf + "mlp.c_fc.weight", f"{ours}mlp.wi", (D,), (F,)), same(hf + "mlp.c_fc.bias", f"{ours}mlp.bi"),
+                conv1d(hf + "mlp.c_proj.weight", f"{ours}mlp.wo", (F,), (D,)),
+                same(hf + "mlp.c_proj.bias", f"{ours}mlp.bo")]
         for hf_norm, norm in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            yield f"{ours}{norm}.scale", read(f"{hf}{hf_norm}.weight")
-            yield f"{ours}{norm}.bias", read(f"{hf}{hf_norm}.bias")
-    yield "final_norm.scale", read("transformer.ln_f.weight")
-    yield "final_norm.bias", read("transformer.ln_f.bias")
+            out += [same(f"{hf}{hf_norm}.weight", f"{ours}{norm}.scale"), same(f"{hf}{hf_norm}.bias", f"{ours}{norm}.bias")]
+    return out + [same("transformer.ln_f.weight", "final_norm.scale"), same("transformer.ln_f.bias", "final_norm.bias")]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from llm_jax.hf import bert, gpt2, llama, t5
+from llm_jax.hf.mapping import read_all
 
 ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "t5": t5}
 
@@ -33,13 +34,26 @@ def read_config(directory: pathlib.Path) -> dict:
     return hf
 
 
-def tensor_reader(directory: pathlib.Path) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
-    """read(name) -> float32 array, from model.safetensors or the shards of its index; and close()."""
+def _legacy(name: str) -> str | None:
+    """The name a file from before PyTorch renamed LayerNorm's parameters uses (transformers still reads it)."""
+    for new, old in ((".weight", ".gamma"), (".bias", ".beta")):
+        if "LayerNorm" in name and name.endswith(new):
+            return name[: -len(new)] + old
+    return None
+
+
+def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None,
+                  ) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
+    """read(name) -> the array as stored (float32, bfloat16 or float16), from model.safetensors or the shards of
+    its index, falling back to `aliases[name]` or a legacy LayerNorm name where the file lacks `name`; and close()."""
     from safetensors import safe_open
 
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise HFError(f"{index} is not a safetensors index (no weight_map: {e})") from None
     elif (directory / "model.safetensors").is_file():
         with safe_open(directory / "model.safetensors", framework="numpy") as f:
             weight_map = dict.fromkeys(f.keys(), "model.safetensors")
@@ -48,12 +62,19 @@ def tensor_reader(directory: pathlib.Path) -> tuple[Callable[[str], np.ndarray],
     opened: dict[str, object] = {}
 
     def read(name: str) -> np.ndarray:
-        if name not in weight_map:
+        stored = next((n for n in (name, (aliases or {}).get(name), _legacy(name)) if n in weight_map), None)
+        if stored is None:
             raise HFError(f"{directory} lacks tensor {name!r}, which this architecture needs")
-        shard = weight_map[name]
+        shard = weight_map[stored]
         if shard not in opened:
+            if not (directory / shard).is_file():
+                raise HFError(f"{directory}: {shard}, which holds {stored!r}, is missing")
             opened[shard] = safe_open(directory / shard, framework="numpy").__enter__()
-        return np.asarray(opened[shard].get_tensor(name), np.float32)
+        array = opened[shard].get_tensor(stored)
+        if array.dtype.name not in ("float32", "bfloat16", "float16"):
+            raise HFError(f"{directory}: tensor {stored!r} is {array.dtype}, not a float (quantized files are not "
+                          "supported)")
+        return array
 
     def close() -> None:
         for f in opened.values():
@@ -67,9 +88,18 @@ def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, 
     directory = pathlib.Path(directory)
     hf = read_config(directory)
     arch = ARCHITECTURES[hf["model_type"]]
-    keys = arch.model_keys(hf)
-    read, close = tensor_reader(directory)
-    return keys, arch.tensors(read, keys), close
+    try:
+        keys = arch.model_keys(hf)
+    except (KeyError, TypeError, ValueError) as e:
+        raise HFError(f"{directory / 'config.json'}: {e if isinstance(e, ValueError) else f'no {e}'}") from None
+    read, close = tensor_reader(directory, getattr(arch, "ALIASES", None))
+    try:
+        if hasattr(arch, "check"):
+            arch.check(read, keys)
+    except ValueError as e:
+        close()
+        raise HFError(f"{directory}: {e}") from None
+    return keys, read_all(arch.table(keys), read), close
 
 
 def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -11,14 +11,15 @@ else the shared embedding (transformers 5 builds v1.1 with the two as one tensor
 scaled head must be the embedding.
 """
 
-from collections.abc import Callable, Iterator
-
 import numpy as np
 
-Read = Callable[[str], np.ndarray]
+from llm_jax.hf.mapping import Read, Tensor, linear, same
 
+ARCHITECTURE = "T5ForConditionalGeneration"
 # feed_forward_proj -> model.mlp; "gated-gelu" is the tanh approximation (gelu_new), which geglu uses.
 _MLPS = {"gated-gelu": "geglu", "gated-gelu_new": "geglu", "gated-silu": "swiglu"}
+# Where a file lacks a tensor, the one transformers uses in its place.
+ALIASES = {"lm_head.weight": "shared.weight"}
 
 
 def _scaled_head(hf: dict) -> bool:
@@ -44,49 +45,54 @@ def model_keys(hf: dict) -> dict:
             "tie_embeddings": _scaled_head(hf), "use_bias": False}
 
 
-def _optional(read: Read, name: str) -> np.ndarray | None:
-    # read raises importer.HFError (a ValueError; importing it here would be circular) for a missing tensor.
-    try:
-        return read(name)
-    except ValueError:
-        return None
+def hf_config(m: dict) -> dict:
+    """The config.json fields that model_keys reads back as `m` (both transformers 4's and 5's head switch)."""
+    return {"model_type": "t5", "num_layers": m["num_layers"], "num_decoder_layers": m["num_decoder_layers"],
+            "d_model": m["d_model"], "num_heads": m["num_heads"], "d_kv": m["head_dim"], "d_ff": m["mlp_dim"],
+            "n_positions": m["max_seq_len"], "vocab_size": m["vocab_size"], "layer_norm_epsilon": m["norm_eps"],
+            "relative_attention_num_buckets": m["relative_buckets"],
+            "relative_attention_max_distance": m["relative_max_distance"],
+            "feed_forward_proj": {"geglu": "gated-gelu", "swiglu": "gated-silu"}.get(m["mlp"], m["mlp"]),
+            "tie_word_embeddings": m["tie_embeddings"], "scale_decoder_outputs": m["tie_embeddings"],
+            "is_encoder_decoder": True}
 
 
-def _attention(read: Read, hf: str, ours: str, m: dict) -> Iterator[tuple[str, np.ndarray]]:
-    D, H, K = m["d_model"], m["num_heads"], m["head_dim"]
-    for name in ("q", "k", "v"):
-        yield f"{ours}.w{name}", read(f"{hf}.{name}.weight").T.reshape(D, H, K)
-    yield f"{ours}.wo", read(f"{hf}.o.weight").T.reshape(H, K, D)
-
-
-def _stack(read: Read, stack: str, layers: int, m: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """One stack's blocks: layer.0 self-attention, (decoder) layer.1 cross-attention, then the MLP."""
-    yield f"{stack}.relative_bias", read(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-    for i in range(layers):
-        hf, ours = f"{stack}.block.{i}.layer", f"{stack}.layers.{i}"
-        yield from _attention(read, f"{hf}.0.SelfAttention", f"{ours}.attn", m)
-        yield f"{ours}.attn_norm.scale", read(f"{hf}.0.layer_norm.weight")
-        ff = 1
-        if stack == "decoder":
-            yield from _attention(read, f"{hf}.1.EncDecAttention", f"{ours}.cross", m)
-            yield f"{ours}.cross_norm.scale", read(f"{hf}.1.layer_norm.weight")
-            ff = 2
-        yield f"{ours}.mlp.wi_gate", read(f"{hf}.{ff}.DenseReluDense.wi_0.weight").T
-        yield f"{ours}.mlp.wi_up", read(f"{hf}.{ff}.DenseReluDense.wi_1.weight").T
-        yield f"{ours}.mlp.wo", read(f"{hf}.{ff}.DenseReluDense.wo.weight").T
-        yield f"{ours}.mlp_norm.scale", read(f"{hf}.{ff}.layer_norm.weight")
-    yield f"{stack}.final_norm.scale", read(f"{stack}.final_layer_norm.weight")
-
-
-def tensors(read: Read, m: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """(portable name, array) for every parameter, in the model's layouts."""
-    embedding_VD, head_VD = read("shared.weight"), _optional(read, "lm_head.weight")
-    if m["tie_embeddings"] and head_VD is not None and not np.array_equal(head_VD, embedding_VD):
+def check(read: Read, m: dict) -> None:
+    """A scaled head must be the embedding: a file with another lm_head would not give transformers' logits."""
+    if m["tie_embeddings"] and not np.array_equal(read("lm_head.weight"), read("shared.weight")):
         raise ValueError("this T5 scales its decoder outputs (tie_word_embeddings or scale_decoder_outputs) yet "
                          "has an lm_head of its own; the encoder_decoder family scales only a head tied to the "
                          "embedding (model.tie_embeddings)")
-    yield "embedding", embedding_VD
+
+
+def _attention(hf: str, ours: str, m: dict) -> list[Tensor]:
+    D, H, K = m["d_model"], m["num_heads"], m["head_dim"]
+    return [*(linear(f"{hf}.{n}.weight", f"{ours}.w{n}", (D,), (H, K)) for n in "qkv"),
+            linear(f"{hf}.o.weight", f"{ours}.wo", (H, K), (D,))]
+
+
+def _stack(stack: str, layers: int, m: dict) -> list[Tensor]:
+    """One stack's blocks: layer.0 self-attention, (decoder) layer.1 cross-attention, then the MLP."""
+    D, F = m["d_model"], m["mlp_dim"]
+    out = [same(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{stack}.relative_bias")]
+    for i in range(layers):
+        hf, ours = f"{stack}.block.{i}.layer", f"{stack}.layers.{i}"
+        out += [*_attention(f"{hf}.0.SelfAttention", f"{ours}.attn", m),
+                same(f"{hf}.0.layer_norm.weight", f"{ours}.attn_norm.scale")]
+        ff = 1
+        if stack == "decoder":
+            out += [*_attention(f"{hf}.1.EncDecAttention", f"{ours}.cross", m),
+                    same(f"{hf}.1.layer_norm.weight", f"{ours}.cross_norm.scale")]
+            ff = 2
+        out += [linear(f"{hf}.{ff}.DenseReluDense.wi_0.weight", f"{ours}.mlp.wi_gate", (D,), (F,)),
+                linear(f"{hf}.{ff}.DenseReluDense.wi_1.weight", f"{ours}.mlp.wi_up", (D,), (F,)),
+                linear(f"{hf}.{ff}.DenseReluDense.wo.weight", f"{ours}.mlp.wo", (F,), (D,)),
+                same(f"{hf}.{ff}.layer_norm.weight", f"{ours}.mlp_norm.scale")]
+    return out + [same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale")]
+
+
+def table(m: dict) -> list[Tensor]:
+    out = [same("shared.weight", "embedding")]
     if not m["tie_embeddings"]:
-        yield "unembed", (embedding_VD if head_VD is None else head_VD).T
-    yield from _stack(read, "encoder", m["num_layers"], m)
-    yield from _stack(read, "decoder", m["num_decoder_layers"], m)
+        out.append(linear("lm_head.weight", "unembed", (m["d_model"],), (m["vocab_size"],)))
+    return out + _stack("encoder", m["num_layers"], m) + _stack("decoder", m["num_decoder_layers"], m)
