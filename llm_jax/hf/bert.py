@@ -6,7 +6,7 @@ Hugging Face stores linears as [out, in]. Files written before LayerNorm was ren
 parameters gamma / beta; transformers still loads those, so this does too.
 """
 
-from llm_jax.hf.mapping import Tensor, linear, reshaped, same
+from llm_jax.hf.mapping import Tensor, layernorm, linear, reshaped, same
 
 ARCHITECTURE = "BertForMaskedLM"
 # BERT's "gelu" is the exact (erf) one; the tanh approximations are llm_jax's "gelu".
@@ -44,16 +44,12 @@ def hf_config(m: dict) -> dict:
             "position_embedding_type": "absolute", "tie_word_embeddings": m["tie_embeddings"]}
 
 
-def _layernorm(hf: str, ours: str) -> list[Tensor]:
-    return [same(hf + "weight", f"{ours}.scale"), same(hf + "bias", f"{ours}.bias")]
-
-
 def table(m: dict) -> list[Tensor]:
     D, H, K, F = m["d_model"], m["num_heads"], m["head_dim"], m["mlp_dim"]
     out = [same("bert.embeddings.word_embeddings.weight", "embedding"),
            same("bert.embeddings.position_embeddings.weight", "pos_embedding"),
            same("bert.embeddings.token_type_embeddings.weight", "type_embedding"),
-           *_layernorm("bert.embeddings.LayerNorm.", "embed_norm")]
+           *layernorm("bert.embeddings.LayerNorm.", "embed_norm")]
     for i in range(m["num_layers"]):
         hf, ours = f"bert.encoder.layer.{i}.", f"layers.{i}."
         for hf_name, name in (("query", "q"), ("key", "k"), ("value", "v")):
@@ -61,15 +57,15 @@ def table(m: dict) -> list[Tensor]:
                     reshaped(f"{hf}attention.self.{hf_name}.bias", f"{ours}attn.b{name}", (H, K))]
         out += [linear(hf + "attention.output.dense.weight", f"{ours}attn.wo", (H, K), (D,)),
                 same(hf + "attention.output.dense.bias", f"{ours}attn.bo"),
-                *_layernorm(hf + "attention.output.LayerNorm.", ours + "attn_norm"),
+                *layernorm(hf + "attention.output.LayerNorm.", ours + "attn_norm"),
                 linear(hf + "intermediate.dense.weight", f"{ours}mlp.wi", (D,), (F,)),
                 same(hf + "intermediate.dense.bias", f"{ours}mlp.bi"),
                 linear(hf + "output.dense.weight", f"{ours}mlp.wo", (F,), (D,)),
                 same(hf + "output.dense.bias", f"{ours}mlp.bo"),
-                *_layernorm(hf + "output.LayerNorm.", ours + "mlp_norm")]
+                *layernorm(hf + "output.LayerNorm.", ours + "mlp_norm")]
     out += [linear("cls.predictions.transform.dense.weight", "mlm_head.wi", (D,), (D,)),
             same("cls.predictions.transform.dense.bias", "mlm_head.bi"),
-            *_layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm"),
+            *layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm"),
             same("cls.predictions.bias", "mlm_head.bias")]
     if not m["tie_embeddings"]:
         out.append(linear("cls.predictions.decoder.weight", "mlm_head.unembed", (D,), (m["vocab_size"],)))

@@ -3,7 +3,7 @@
 Hugging Face stores GPT-2's linears as Conv1D (weight [in, out]) and q, k, v as one `c_attn` of width 3D.
 """
 
-from llm_jax.hf.mapping import Tensor, conv1d, fused, same
+from llm_jax.hf.mapping import Tensor, conv1d, fused, layernorm, same
 
 ARCHITECTURE = "GPT2LMHeadModel"
 
@@ -33,9 +33,9 @@ def table(m: dict) -> list[Tensor]:
                 fused(hf + "attn.c_attn.bias", [f"{ours}attn.b{n}" for n in "qkv"], (H, K)),
                 conv1d(hf + "attn.c_proj.weight", f"{ours}attn.wo", (H, K), (D,)),
                 same(hf + "attn.c_proj.bias", f"{ours}attn.bo"),
-                conv1d(hf + "mlp.c_fc.weight", f"{ours}mlp.wi", (D,), (F,)), same(hf + "mlp.c_fc.bias", f"{ours}mlp.bi"),
+                conv1d(hf + "mlp.c_fc.weight", f"{ours}mlp.wi", (D,), (F,)),
+                same(hf + "mlp.c_fc.bias", f"{ours}mlp.bi"),
                 conv1d(hf + "mlp.c_proj.weight", f"{ours}mlp.wo", (F,), (D,)),
-                same(hf + "mlp.c_proj.bias", f"{ours}mlp.bo")]
-        for hf_norm, norm in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            out += [same(f"{hf}{hf_norm}.weight", f"{ours}{norm}.scale"), same(f"{hf}{hf_norm}.bias", f"{ours}{norm}.bias")]
-    return out + [same("transformer.ln_f.weight", "final_norm.scale"), same("transformer.ln_f.bias", "final_norm.bias")]
+                same(hf + "mlp.c_proj.bias", f"{ours}mlp.bo"),
+                *layernorm(hf + "ln_1.", ours + "attn_norm"), *layernorm(hf + "ln_2.", ours + "mlp_norm")]
+    return [*out, *layernorm("transformer.ln_f.", "final_norm")]

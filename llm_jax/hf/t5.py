@@ -88,7 +88,7 @@ def _stack(stack: str, layers: int, m: dict) -> list[Tensor]:
                 linear(f"{hf}.{ff}.DenseReluDense.wi_1.weight", f"{ours}.mlp.wi_up", (D,), (F,)),
                 linear(f"{hf}.{ff}.DenseReluDense.wo.weight", f"{ours}.mlp.wo", (F,), (D,)),
                 same(f"{hf}.{ff}.layer_norm.weight", f"{ours}.mlp_norm.scale")]
-    return out + [same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale")]
+    return [*out, same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale")]
 
 
 def table(m: dict) -> list[Tensor]:
