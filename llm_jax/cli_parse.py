@@ -13,8 +13,8 @@ COMMANDS = {
     "eval": "evaluate a saved checkpoint on the run's validation batches: llm-jax eval --workdir=runs/x [--step=N]",
     "sample": "continue prompts with a trained model: llm-jax sample --workdir=runs/x --prompt='ROMEO:'",
     "export": "write a checkpoint's parameters to one .safetensors file: llm-jax export --workdir=runs/x --out=x.st",
-    "hf": "import a local Hugging Face model directory (GPT-2, Llama, BERT, T5): llm-jax hf import --from=DIR "
-          "--out=model.safetensors",
+    "hf": "Hugging Face models (GPT-2, Llama, BERT, T5) in and out: llm-jax hf import --from=DIR "
+          "--out=model.safetensors; llm-jax hf export --workdir=runs/x --out=DIR",
     "data": "prepare a corpus as packed ArrayRecord shards, or time the input pipeline: llm-jax data --help",
     "sweep": "run an ablation experiment's variants and seeds, then compare them: llm-jax sweep run "
              "experiments/norm.py; llm-jax sweep report experiments/norm.py",

@@ -4,6 +4,7 @@ import argparse
 import json
 import pathlib
 import sys
+import time
 
 from llm_jax.cli_parse import COMMANDS, Parser, split_config_flags
 from llm_jax.models.layout import on_mesh
@@ -40,21 +41,34 @@ def export_command(argv: list[str]) -> int:
 
 
 def hf_command(argv: list[str]) -> int:
-    """`llm-jax hf import --from=DIR --out=FILE.safetensors`."""
+    """`llm-jax hf import --from=DIR --out=FILE.safetensors` and `llm-jax hf export --workdir=W --out=DIR`."""
     parser = Parser(prog="llm-jax hf", description=COMMANDS["hf"])
     sub = parser.add_subparsers(dest="action", required=True)
     imp = sub.add_parser("import", help="a local Hugging Face model directory -> an llm_jax parameter file")
     imp.add_argument("--from", dest="source", required=True, help="the directory (config.json + safetensors)")
     imp.add_argument("--out", required=True, help="the .safetensors file to write")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    exp = sub.add_parser("export", help="an llm_jax model -> a Hugging Face directory (config, weights, tokenizer)")
+    exp.add_argument("--workdir", required=True,
+                     help="a run's workdir, a checkpoints/<step> directory, or a .safetensors parameter file")
+    exp.add_argument("--out", required=True, help="the directory to write (must not exist, unless --overwrite)")
+    exp.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
+    exp.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
+                     help="cast the weights (default: as saved)")
+    exp.add_argument("--max-shard-mb", type=float, default=5 * 1024,
+                     help="split model.safetensors into shards of at most this size (default 5 GiB, as transformers)")
+    exp.add_argument("--tokenizer-path", default="", help="the tokenizer's file, if it moved since training")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     args = parser.parse_args(argv)
+    return _hf_import(parser, args) if args.action == "import" else _hf_export(parser, args)
+
+
+def _hf_import(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.suffix != ".safetensors":
         parser.error(f"--out={out} must end in .safetensors")
     if out.is_file() and not args.overwrite:
         parser.error(f"--out={out} exists; pass --overwrite to replace it, or give another name")
-
-    import time
 
     from llm_jax.hf.importer import HFError, write_import
 
@@ -66,6 +80,25 @@ def hf_command(argv: list[str]) -> int:
         return 2
     print(f"wrote {out}: {keys['family']} model, {count:,} parameters, in {time.perf_counter() - start:.1f} s | "
           f"sample with `llm-jax sample --workdir={out}`, fine-tune with --config.checkpoint.init_from={out}")
+    return 0
+
+
+def _hf_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.max_shard_mb <= 0:
+        parser.error("--max-shard-mb must be > 0")
+    from llm_jax.checkpoint.params import CheckpointError
+    from llm_jax.hf.exporter import export_hf
+    from llm_jax.hf.importer import HFError
+
+    start = time.perf_counter()
+    try:
+        arch, where, files = export_hf(args.workdir, args.out, args.step, args.dtype, int(args.max_shard_mb * 2**20),
+                                       args.overwrite, args.tokenizer_path)
+    except (HFError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({arch}) from {where} in {time.perf_counter() - start:.1f} s: {', '.join(files)} | "
+          f"load with transformers.AutoModel...from_pretrained({str(args.out)!r})")
     return 0
 
 

@@ -49,7 +49,11 @@ def _fresh_hf_model(kind: str):
 
 def _imported(directory, seq_len: int = L):
     """The imported model and its parameters on one device, for examples of its objective at `seq_len`."""
-    keys, portable = read_portable(directory)
+    return _built(*read_portable(directory), str(directory), seq_len)
+
+
+def _built(keys: dict, portable: dict, where: str, seq_len: int = L):
+    """The model of llm_jax model `keys` with the `portable` tensors as its parameters, on one device."""
     cfg = small_config()
     for k, v in keys.items():
         cfg.model[k] = v
@@ -60,7 +64,7 @@ def _imported(directory, seq_len: int = L):
     abstract = nn.unbox(abstract_params(model, make_objective(cfg, make_tokenizer("byte")).spec()))
     host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shaped = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=host), abstract)
-    return model, _place(from_portable(portable, shaped, str(directory)), shaped)
+    return model, _place(from_portable(portable, shaped, where), shaped)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "llama31", "llama_tied"])

@@ -24,12 +24,7 @@ def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None
            dtype: str = "") -> tuple[pathlib.Path, dict[str, np.ndarray]]:
     """Write the parameters of `source` (a workdir, or a checkpoints/<step> directory; `step`: that step instead of
     the latest) to `out`, cast to `dtype` if given. Returns the step directory read and the tensors written."""
-    step_dir = find_step_dir(pathlib.Path(source) / "checkpoints" / str(step) if step is not None else source)
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # never fills accelerator memory
-    abstract = abstract_like(saved_tree(step_dir)["params"], host)
-    tensors = portable(restore_params(step_dir, abstract))
-    meta = read_meta(step_dir)
-    _check_layers(tensors, meta.get("config", {}).get("model", {}), step_dir)
+    step_dir, tensors, meta = read_checkpoint(source, step)
     if dtype:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
     metadata = {"format": "llm_jax", "step": step_dir.name, "config": json.dumps(meta.get("config", {})),
@@ -37,6 +32,19 @@ def export(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     safetensors.write(out, tensors, metadata)
     return step_dir, tensors
+
+
+def read_checkpoint(source: str | pathlib.Path, step: int | None = None,
+                    ) -> tuple[pathlib.Path, dict[str, np.ndarray], dict]:
+    """(the step directory, its parameters under portable names on the host, its metadata) of `source`: a workdir
+    (its latest checkpoint, or `step`'s) or a checkpoints/<step> directory."""
+    step_dir = find_step_dir(pathlib.Path(source) / "checkpoints" / str(step) if step is not None else source)
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # never fills accelerator memory
+    abstract = abstract_like(saved_tree(step_dir)["params"], host)
+    tensors = portable(restore_params(step_dir, abstract))
+    meta = read_meta(step_dir)
+    _check_layers(tensors, meta.get("config", {}).get("model", {}), step_dir)
+    return step_dir, tensors, meta
 
 
 def _check_layers(tensors: dict[str, np.ndarray], model: dict, where: pathlib.Path) -> None:

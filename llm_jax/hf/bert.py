@@ -12,6 +12,8 @@ ARCHITECTURE = "BertForMaskedLM"
 # BERT's "gelu" is the exact (erf) one; the tanh approximations are llm_jax's "gelu".
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
 _HF_ACTIVATIONS = {"gelu_exact": "gelu", "gelu": "gelu_new"}
+# An untied decoder's bias is the head's own (one tensor in transformers), which older files do not repeat.
+ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
 
 
 def model_keys(hf: dict) -> dict:
@@ -68,5 +70,6 @@ def table(m: dict) -> list[Tensor]:
             *layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm"),
             same("cls.predictions.bias", "mlm_head.bias")]
     if not m["tie_embeddings"]:
-        out.append(linear("cls.predictions.decoder.weight", "mlm_head.unembed", (D,), (m["vocab_size"],)))
+        out += [linear("cls.predictions.decoder.weight", "mlm_head.unembed", (D,), (m["vocab_size"],)),
+                same("cls.predictions.decoder.bias", "mlm_head.bias")]
     return out
