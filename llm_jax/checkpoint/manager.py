@@ -119,8 +119,11 @@ class Checkpointer:
 
 
 def check_compatible(meta: dict, tokenizer_identity: dict, where: pathlib.Path) -> None:
-    """Refuse to resume with another tokenizer: token ids would silently mean different text."""
+    """Refuse to resume with another tokenizer: token ids would silently mean different text. A parameter file that
+    records none (`hf import` of a directory without tokenizer files) is taken to use the config's."""
     saved = meta.get("tokenizer", {})
+    if not saved and str(where).endswith(".safetensors"):
+        return
     if saved.get("hash") != tokenizer_identity["hash"]:
         raise CheckpointError(f"{where} was trained with tokenizer {saved} but the config gives {tokenizer_identity}; "
                               "set data.tokenizer/data.tokenizer_path to the run's tokenizer, or use a new workdir")

@@ -1,5 +1,7 @@
-"""Turn `model=NAME,topology=NAME` into a config: the base config with both presets applied."""
+"""Turn `model=NAME,topology=NAME` into a config: the base config with both presets applied. NAME may also be a
+parameter file (`model=gpt2.safetensors`): its model and tokenizer, fine-tuned from its parameters."""
 
+import json
 import pathlib
 
 import ml_collections
@@ -32,6 +34,30 @@ def _preset(presets: dict, kind: str, name: str) -> dict:
     return presets[name]
 
 
+# What `model=FILE.safetensors` takes from the file's config: the model, and the tokenizer its ids belong to.
+FROM_FILE = ("model.", "data.tokenizer", "data.tokenizer_path")
+
+
+def file_preset(path: pathlib.Path) -> dict:
+    """`model=FILE.safetensors`: the model and tokenizer keys of a parameter file (from `llm-jax export` or
+    `llm-jax hf import`), and `checkpoint.init_from` = the file, so a run fine-tunes that model."""
+    from safetensors import SafetensorError, safe_open
+
+    from llm_jax.config.load import flatten
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            saved = json.loads((f.metadata() or {}).get("config", "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"model={path} in --config: not a parameter file with a config ({e}); give a file "
+                          "written by `llm-jax export` or `llm-jax hf import`") from None
+    keys = {k: v for k, v in flatten(saved).items() if k.startswith(FROM_FILE)} if isinstance(saved, dict) else {}
+    if not any(k.startswith("model.") for k in keys):
+        raise ConfigError(f"model={path} in --config: the file holds no model config; give a file written by "
+                          "`llm-jax export` or `llm-jax hf import`")
+    return {**keys, "checkpoint.init_from": str(path.absolute())}
+
+
 def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.Path) -> ml_collections.ConfigDict:
     chosen = parse_preset_arg(arg)
     cfg = base_config()
@@ -40,9 +66,12 @@ def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.P
     topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
     topology = {k: v for k, v in topology.items() if k not in TARGET_KEYS}
     apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
-    model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])
-    # Plain names are model keys; dotted ones (e.g. "train.seq_len") are a preset's recommended run settings.
-    model = {k if "." in k else f"model.{k}": v for k, v in model.items()}
+    if chosen["model"].endswith(".safetensors"):
+        model = file_preset(pathlib.Path(chosen["model"]))
+    else:
+        model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])
+        # Plain names are model keys; dotted ones (e.g. "train.seq_len") are a preset's recommended run settings.
+        model = {k if "." in k else f"model.{k}": v for k, v in model.items()}
     apply_overrides(cfg, model, f"model preset '{chosen['model']}'")
     cfg.model_preset = chosen["model"]
     cfg.topology_preset = chosen["topology"]
