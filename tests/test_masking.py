@@ -10,7 +10,7 @@ from llm_jax.objectives.masking import mask_row, word_start_table
 
 VOCAB, MASK_ID, L = 300, 300, 128
 SPECIALS = (PAD_ID, BOS_ID, EOS_ID)
-ARGS = {"mask_id": MASK_ID, "random_lo": 3, "random_hi": VOCAB, "never_mask": SPECIALS}
+ARGS = {"mask_id": MASK_ID, "random_ids": np.arange(3, VOCAB), "never_mask": SPECIALS}
 
 
 def packed_row(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def test_fixed_count_split_and_untouched_specials(rows):
         np.testing.assert_array_equal(out["inputs"][~hit_L], tokens_L[~hit_L])
         new = out["inputs"][hit_L]
         swapped = (new != MASK_ID) & (new != tokens_L[hit_L])
-        assert ((new[swapped] >= 3) & (new[swapped] < VOCAB)).all(), "random ids outside [random_lo, random_hi)"
+        assert ((new[swapped] >= 3) & (new[swapped] < VOCAB)).all(), "random ids outside random_ids"
         chosen += hit_L.sum()
         masked += (new == MASK_ID).sum()
         replaced += swapped.sum()
@@ -166,7 +166,7 @@ def test_word_start_table_from_sentencepiece(sentencepiece):
     text = corpus.documents("validation")[30]
     tokens_L = np.concatenate([[BOS_ID], sentencepiece.encode(text)[:L - 2], [EOS_ID]]).astype(np.int32)
     segment_ids_L = np.ones(len(tokens_L), np.int32)
-    out = mask_row(tokens_L, segment_ids_L, rng, **{**ARGS, "random_hi": sentencepiece.vocab_size},
+    out = mask_row(tokens_L, segment_ids_L, rng, **{**ARGS, "random_ids": np.arange(3, sentencepiece.vocab_size)},
                    word_start_V=starts_V)
     hit_L = out["weights"] == 1.0
     for word in words_of(tokens_L, segment_ids_L, starts_V):

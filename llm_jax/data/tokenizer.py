@@ -1,35 +1,28 @@
-"""Tokenizers. The special tokens are declared here, once, for every tokenizer kind.
+"""Tokenizers. Each says its special ids in `specials` (data/specials.py), which packing, objectives and sampling
+read.
 
-The byte and SentencePiece tokenizers use ids 0, 1, 2 for <pad>, <bos>, <eos>; a Hugging Face tokenizer
-(tokenizer.json) has its own. Each tokenizer says which in `specials`, which packing and sampling read. A
-SentencePiece processor does not pickle, so it is loaded lazily (and again in each grain worker).
+The byte tokenizer and models from `llm-jax tokenizer train` use ids 0, 1, 2 for <pad>, <bos>, <eos>; any other
+SentencePiece model and a Hugging Face tokenizer (tokenizer.json) have their own. A SentencePiece processor does not
+pickle, so it is loaded lazily (and again in each grain worker).
 """
 
-import dataclasses
+import functools
 import hashlib
-import json
 import pathlib
 
 import numpy as np
 
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in the byte and SentencePiece tokenizers
-
-
-@dataclasses.dataclass(frozen=True)
-class Specials:
-    """The ids that mark padding and a document's start and end."""
-
-    pad: int = PAD_ID
-    bos: int = BOS_ID
-    eos: int = EOS_ID
-
-    @property
-    def ids(self) -> tuple[int, ...]:
-        return tuple(sorted({self.pad, self.bos, self.eos}))
-
-
-DEFAULT_SPECIALS = Specials()  # the byte and SentencePiece tokenizers'
+from llm_jax.data.specials import (
+    BOS_ID,
+    DEFAULT_SPECIALS,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    Specials,
+    hf_specials,
+    sentencepiece_specials,
+)
 
 
 class ByteTokenizer:
@@ -61,10 +54,10 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-    """A SentencePiece model trained by `llm-jax tokenizer train` (pad 0, bos 1, eos 2, unk 3, byte fallback)."""
+    """A SentencePiece model: one trained by `llm-jax tokenizer train` (pad 0, bos 1, eos 2, unk 3, byte fallback)
+    or another's (T5, Llama 2), whose special ids come from the model (`sentencepiece_specials`)."""
 
     kind = "sentencepiece"
-    specials = DEFAULT_SPECIALS
 
     def __init__(self, model_path: str | pathlib.Path):
         self.model_path = pathlib.Path(model_path)
@@ -81,6 +74,10 @@ class SentencePieceTokenizer:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_sp": None}  # the processor does not pickle; the next worker reloads it
+
+    @functools.cached_property
+    def specials(self) -> Specials:
+        return sentencepiece_specials(self.sp)
 
     @property
     def vocab_size(self) -> int:
@@ -123,7 +120,7 @@ class HFTokenizer:
         self.path = path / "tokenizer.json" if path.is_dir() else path
         self._json = self.path.read_bytes()
         self._tok = None
-        self.specials = _hf_specials(self.path.parent, self.tok)
+        self.specials = hf_specials(self.path.parent, self.tok)
 
     @property
     def tok(self):
@@ -150,34 +147,13 @@ class HFTokenizer:
     def token_bytes(self) -> np.ndarray:
         """[vocab_size] UTF-8 bytes each id decodes to alone (0 for special tokens): exact for byte-level BPE,
         close for WordPiece and SentencePiece-style pieces."""
-        added = self.tok.get_added_tokens_decoder()  # id -> AddedToken
-        special = set(self.specials.ids) | {i for i, t in added.items() if t.special}
+        special = set(self.specials.reserved)  # its special added tokens among them
         return np.array([0 if i in special else len(self.tok.decode([i]).encode("utf-8"))
                          for i in range(self.vocab_size)], np.int32)
 
     def identity(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "hash": hashlib.sha256(self._json).hexdigest()[:16],
                 "path": str(self.path)}
-
-
-def _hf_specials(directory: pathlib.Path, tok) -> Specials:
-    """pad/bos/eos ids from tokenizer_config.json or special_tokens_map.json; a missing bos or pad falls back to eos
-    (GPT-2 has one <|endoftext|> for all three)."""
-    names: dict[str, str] = {}
-    for file in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (directory / file).is_file():
-            for role in ("pad", "bos", "eos"):
-                value = json.loads((directory / file).read_text()).get(f"{role}_token")
-                value = value.get("content") if isinstance(value, dict) else value
-                if isinstance(value, str):
-                    names.setdefault(role, value)
-    ids = {role: tok.token_to_id(name) for role, name in names.items() if tok.token_to_id(name) is not None}
-    if "eos" not in ids:
-        from llm_jax.config.load import ConfigError
-
-        raise ConfigError(f"{directory}: no eos token in tokenizer_config.json or special_tokens_map.json; the "
-                          "packer needs one to end documents")
-    return Specials(pad=ids.get("pad", ids["eos"]), bos=ids.get("bos", ids["eos"]), eos=ids["eos"])
 
 
 Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
@@ -204,3 +180,7 @@ def make_tokenizer(name: str, path: str = "") -> Tokenizer:
                               "`llm-jax tokenizer train --out=DIR`")
         return SentencePieceTokenizer(path)
     raise ValueError(f"unknown tokenizer '{name}' in data.tokenizer; choose: byte, sentencepiece, hf")
+
+
+__all__ = ["BOS_ID", "DEFAULT_SPECIALS", "EOS_ID", "PAD_ID", "SPECIAL_TOKENS", "UNK_ID", "ByteTokenizer", "HFTokenizer",
+           "SentencePieceTokenizer", "Specials", "Tokenizer", "make_tokenizer"]

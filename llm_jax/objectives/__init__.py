@@ -6,7 +6,7 @@
 import ml_collections
 
 from llm_jax.config.load import ConfigError
-from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS, Specials, Tokenizer
 from llm_jax.models.families import family_of
 from llm_jax.objectives.base import Objective, ToExample
 from llm_jax.objectives.causal_lm import CausalLM
@@ -28,8 +28,9 @@ def objective_name(cfg: ml_collections.ConfigDict) -> str:
     return name
 
 
-def extra_tokens(cfg: ml_collections.ConfigDict) -> int:
-    return OBJECTIVES[objective_name(cfg)].extra_tokens(cfg)
+def extra_tokens(cfg: ml_collections.ConfigDict, specials: Specials = DEFAULT_SPECIALS) -> int:
+    """Ids the objective adds after the tokenizer's: none for what the tokenizer has ([MASK], sentinels)."""
+    return OBJECTIVES[objective_name(cfg)].extra_tokens(cfg, specials)
 
 
 def make_objective(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Objective:

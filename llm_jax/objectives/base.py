@@ -3,8 +3,8 @@
 An objective states the row length it needs from the packer, its example's arrays (`spec`), how a row becomes an
 example (`example`, deterministic in the generator grain seeds from (seed, example index), so exact resume holds
 with any number of workers or hosts), which tokens a context-free baseline is scored on, and the extra token ids
-it needs beyond the tokenizer's ([MASK], sentinels). The loss is the weighted cross-entropy of loss.py unless an
-objective says otherwise.
+it needs beyond the tokenizer's ([MASK], sentinels: none for those the tokenizer has). The loss is the weighted
+cross-entropy of loss.py unless an objective says otherwise.
 """
 
 from typing import ClassVar
@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax.data.packing import Rows
-from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS, Specials, Tokenizer
 from llm_jax.objectives.example import Example, ExampleSpec
 from llm_jax.objectives.loss import example_loss
 
@@ -22,6 +22,7 @@ from llm_jax.objectives.loss import example_loss
 class Objective:
     name: ClassVar[str]
     target_len = 0  # the decoder's length, for encoder-decoder objectives
+    sentinel_ids: tuple[int, ...] = ()  # what marks dropped text, for span corruption
     loss = staticmethod(example_loss)  # (logits, example, z_loss) -> (ce_sum, z_sum)
 
     def __init__(self, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer):
@@ -29,8 +30,9 @@ class Objective:
         self.first_extra_id = tokenizer.vocab_size  # extra ids ([MASK], sentinels) follow the tokenizer's
 
     @classmethod
-    def extra_tokens(cls, cfg: ml_collections.ConfigDict) -> int:
-        """Token ids this objective adds after the tokenizer's (the model's vocabulary grows by as many)."""
+    def extra_tokens(cls, cfg: ml_collections.ConfigDict, specials: Specials = DEFAULT_SPECIALS) -> int:
+        """Token ids this objective adds after those of a tokenizer with these `specials` (the model's vocabulary
+        grows by as many)."""
         return 0
 
     def row_len(self) -> int:

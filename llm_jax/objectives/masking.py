@@ -56,12 +56,12 @@ def _choose_words(tokens_L: np.ndarray, segment_ids_L: np.ndarray, eligible_L: n
 
 
 def mask_row(tokens_L: np.ndarray, segment_ids_L: np.ndarray, rng: np.random.Generator, *, mask_id: int,
-             random_lo: int, random_hi: int, never_mask: Sequence[int], rate: float = 0.15,
+             random_ids: np.ndarray, never_mask: Sequence[int], rate: float = 0.15,
              mask_frac: float = 0.8, random_frac: float = 0.1,
              word_start_V: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One masked-LM example: `inputs` (corrupted tokens), `targets` (the original tokens) and `weights` (1.0
     where the loss counts: the chosen positions). Of the chosen tokens, mask_frac become `mask_id`, random_frac a
-    uniform id in [random_lo, random_hi) and the rest stay, so the model cannot assume an unmasked token is right."""
+    uniform draw from `random_ids` and the rest stay, so the model cannot assume an unmasked token is right."""
     if not 0 < rate <= 1 or mask_frac < 0 or random_frac < 0 or mask_frac + random_frac > 1:
         raise ValueError(f"masking rate={rate} must be in (0, 1] and mask_frac={mask_frac} + "
                          f"random_frac={random_frac} at most 1")
@@ -82,7 +82,8 @@ def mask_row(tokens_L: np.ndarray, segment_ids_L: np.ndarray, rng: np.random.Gen
     to_random = chosen[(u >= mask_frac) & (u < mask_frac + random_frac)]
     inputs_L = tokens_L.copy()
     inputs_L[to_mask] = mask_id
-    inputs_L[to_random] = rng.integers(random_lo, random_hi, size=len(to_random))
+    # An index into random_ids: for ids lo..hi-1 the same draws as rng.integers(lo, hi).
+    inputs_L[to_random] = np.asarray(random_ids, np.int32)[rng.integers(0, len(random_ids), size=len(to_random))]
     weights_L = np.zeros(len(tokens_L), np.float32)
     weights_L[chosen] = 1.0
     return {"inputs": inputs_L, "targets": tokens_L.copy(), "weights": weights_L}

@@ -3,7 +3,8 @@ and have the decoder write the dropped spans back after their sentinels.
 
 objective.noise_density of each document's tokens (floor; documents too short for one noise token stay whole)
 in spans of mean length objective.mean_span. The encoder reads seq_len tokens; the decoder's length is the bound
-`spans.target_length` guarantees for any packing. Sentinels are ids after the tokenizer's, in order per document.
+`spans.target_length` guarantees for any packing. Sentinels are the tokenizer's own (T5's <extra_id_0>, ...) when
+it has as many as a row can need, else ids after the tokenizer's; the decoder starts from `specials.decoder_start`.
 """
 
 import math
@@ -12,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax.config.load import ConfigError
-from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS, Specials, Tokenizer
 from llm_jax.objectives.base import Objective
 from llm_jax.objectives.example import Example, ExampleSpec
 from llm_jax.objectives.spans import corrupt_row, max_spans, target_length
@@ -29,16 +30,27 @@ class SpanCorruption(Objective):
         super().__init__(cfg, tokenizer)
         self.density, self.mean_span = cfg.objective.noise_density, cfg.objective.mean_span
         self.target_len = target_length(self.seq_len, self.density, self.mean_span)
-        self.sentinel_ids = tuple(range(self.first_extra_id, self.first_extra_id + self.extra_tokens(cfg)))
+        self.decoder_start = tokenizer.specials.decoder_start
+        extra = self.extra_tokens(cfg, tokenizer.specials)
+        own = tokenizer.specials.sentinels
+        self.sentinel_ids = tuple(range(self.first_extra_id, self.first_extra_id + extra)) if extra else own
 
-    @classmethod
-    def extra_tokens(cls, cfg: ml_collections.ConfigDict) -> int:
+    @staticmethod
+    def _needed(cfg: ml_collections.ConfigDict) -> int:
+        """The most sentinels one row can need."""
         seq_len, density = cfg.train.seq_len, cfg.objective.noise_density
         if int(seq_len * density) < 1:  # no document could lose a token: nothing to predict
             raise ConfigError(f"span_corruption corrupts floor(train.seq_len x objective.noise_density) = "
                               f"floor({seq_len} x {density}) = 0 tokens of a row; raise train.seq_len to at least "
                               f"{math.ceil(1 / density)} or objective.noise_density")
-        return max(MIN_SENTINELS, max_spans(seq_len, density, cfg.objective.mean_span))
+        return max_spans(seq_len, density, cfg.objective.mean_span)
+
+    @classmethod
+    def extra_tokens(cls, cfg: ml_collections.ConfigDict, specials: Specials = DEFAULT_SPECIALS) -> int:
+        needed = cls._needed(cfg)
+        if len(specials.sentinels) >= needed:  # the tokenizer's own (T5's 100): the vocabulary stays
+            return 0
+        return max(MIN_SENTINELS, needed)
 
     def spec(self) -> ExampleSpec:
         L, T = self.seq_len, self.target_len
@@ -48,7 +60,8 @@ class SpanCorruption(Objective):
 
     def example(self, row: dict[str, np.ndarray], rng: np.random.Generator) -> Example:
         return corrupt_row(row["tokens"], row["segment_ids"], rng, sentinel_ids=self.sentinel_ids,
-                           density=self.density, mean_span=self.mean_span, target_len=self.target_len)
+                           density=self.density, mean_span=self.mean_span, target_len=self.target_len,
+                           decoder_start=self.decoder_start)
 
     def scored(self, rows, most: int = 2000) -> np.ndarray:
         """The targets of (at most `most` of) the rows' examples, sentinels included: what the loss and accuracy

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llm_jax.data.tokenizer import BOS_ID
+from llm_jax.data.tokenizer import DEFAULT_SPECIALS
 
 Example = dict[str, np.ndarray]
 
@@ -105,11 +105,12 @@ def _pack(pieces: list[tuple[int, np.ndarray]], length: int, first: int | None =
 
 
 def corrupt_row(tokens_L: np.ndarray, segment_ids_L: np.ndarray, rng: np.random.Generator, *,
-                sentinel_ids: Sequence[int], density: float = 0.15, mean_span: float = 3.0,
-                target_len: int) -> Example:
+                sentinel_ids: Sequence[int], density: float = 0.15, mean_span: float = 3.0, target_len: int,
+                decoder_start: int = DEFAULT_SPECIALS.decoder_start) -> Example:
     """One span-corruption example. int32 [L]: encoder_inputs, encoder_segment_ids, encoder_positions (the
     segments' corrupted inputs end to end, positions restarting per segment, zero padded). int32 [target_len]:
-    decoder_inputs, targets, segment_ids, positions; float32 [target_len]: weights (1.0 on real targets)."""
+    decoder_inputs, targets, segment_ids, positions; float32 [target_len]: weights (1.0 on real targets). Each
+    segment's decoder inputs are its targets shifted right behind `decoder_start` (the tokenizer's)."""
     _check(density, mean_span)
     tokens_L = np.asarray(tokens_L, np.int32)
     segment_ids_L = np.asarray(segment_ids_L, np.int32)
@@ -127,7 +128,7 @@ def corrupt_row(tokens_L: np.ndarray, segment_ids_L: np.ndarray, rng: np.random.
         raise ValueError(f"{n_targets} decoder targets do not fit target_len={target_len}: size it with "
                          f"target_length(row_len, density, mean_span)")
     enc_tokens, enc_segments, enc_positions, _ = _pack(encoder, len(tokens_L))
-    targets, segments, positions, dec_inputs = _pack(decoder, target_len, first=BOS_ID)
+    targets, segments, positions, dec_inputs = _pack(decoder, target_len, first=decoder_start)
     return {"encoder_inputs": enc_tokens, "encoder_segment_ids": enc_segments, "encoder_positions": enc_positions,
             "decoder_inputs": dec_inputs, "targets": targets, "segment_ids": segments, "positions": positions,
             "weights": (np.arange(target_len) < n_targets).astype(np.float32)}

@@ -18,6 +18,7 @@ from llm_jax.models.layout import on_mesh
 from llm_jax.train.sample import generate
 
 if TYPE_CHECKING:
+    from llm_jax.objectives import Objective
     from llm_jax.train.setup import Run
 
 
@@ -29,11 +30,11 @@ def _decoder_continue(model, params, prompts: list[np.ndarray], max_new: int, co
 def _seq2seq_continue(model, params, prompts: list[np.ndarray], max_new: int, context: int, sentinel: int,
                       specials: Specials, **sampling) -> list[np.ndarray]:
     """The encoder reads <bos> prompt <sentinel 0>, as if the rest of the document had been dropped; the decoder
-    writes it back after the sentinel."""
+    writes it back after the sentinel, starting from the tokenizer's decoder start and ending at its eos."""
     from llm_jax.train.sample_seq2seq import generate_seq2seq
 
     rows = [np.concatenate([[specials.bos], p, [sentinel]])[-context:].astype(np.int32).tolist() for p in prompts]
-    return generate_seq2seq(model, params, rows, max_new, **sampling)
+    return generate_seq2seq(model, params, rows, max_new, specials=specials, **sampling)
 
 
 # How a family continues prompts (token ids, without markers) -> the new token ids of each. Encoders do not.
@@ -42,19 +43,26 @@ CONTINUATIONS = {"decoder": _decoder_continue, "encoder_decoder": _seq2seq_conti
 
 def continue_prompts(family: str, model, params, prompts: list[np.ndarray], max_new: int, context: int,
                      sentinel: int, specials: Specials, **sampling) -> list[np.ndarray]:
-    """New token ids after each prompt (`sentinel`: the first id after the tokenizer's; `specials`: its special
-    ids); `sampling`: temperature, top_k, top_p, seed. Run inside on_mesh for sharded parameters."""
+    """New token ids after each prompt (`sentinel`: the span-corruption objective's first sentinel, T5's
+    <extra_id_0> where the tokenizer has it; `specials`: the tokenizer's special ids); `sampling`: temperature,
+    top_k, top_p, seed. Run inside on_mesh for sharded parameters."""
     if family not in CONTINUATIONS:
         raise ValueError(f"model.family={family!r} does not generate text; it fills in masked tokens (the run's "
                          "samples.txt shows it)")
     return CONTINUATIONS[family](model, params, prompts, max_new, context, sentinel, specials, **sampling)
 
 
+def first_sentinel(objective: "Objective") -> int:
+    """The id an encoder-decoder reads where text was dropped: the objective's first sentinel (T5's <extra_id_0>
+    where the tokenizer has it); a decoder ignores it."""
+    return int(objective.sentinel_ids[0]) if objective.sentinel_ids else objective.first_extra_id
+
+
 def sample_continuation(run: "Run") -> str:
     s, tok = run.cfg.sample, run.data.tokenizer
     with on_mesh(run.mesh, run.rules):
         new_ids = continue_prompts(run.cfg.model.family, run.state.model, run.state.params, [tok.encode(s.prompt)],
-                                   s.max_new_tokens, run.cfg.train.seq_len, run.objective.first_extra_id, tok.specials,
+                                   s.max_new_tokens, run.cfg.train.seq_len, first_sentinel(run.objective), tok.specials,
                                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)[0]
     return s.prompt + tok.decode(new_ids)  # extra ids (sentinels) are not text: decode drops them
 
@@ -64,7 +72,7 @@ def sample_encoder(run: "Run") -> str:
     'masked: ... | filled: ...'."""
     from llm_jax.train.step import forward
 
-    tok, mask_id = run.data.tokenizer, run.objective.first_extra_id
+    tok, mask_id = run.data.tokenizer, run.objective.mask_id  # an encoder learns masked_lm
     ids = np.concatenate([[tok.specials.bos], tok.encode(run.cfg.sample.prompt), [tok.specials.eos]])
     ids = ids[: run.cfg.train.seq_len]
     hidden = np.zeros(len(ids), bool)

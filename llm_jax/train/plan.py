@@ -131,7 +131,8 @@ class Plan:
 def _plain_mesh_config(cfg: ml_collections.ConfigDict, target: Target):
     """Validate for the target (with its processes and slices), then fold each DCN axis into its mesh axis: one
     process's fake devices cannot be laid out over slices, and per-device memory and FLOPs do not care."""
-    cfg = finalize(cfg, make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path).vocab_size + extra_tokens(cfg))
+    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
+    cfg = finalize(cfg, tokenizer.vocab_size + extra_tokens(cfg, tokenizer.specials))
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * target.devices
     granules = target.granules(cfg)

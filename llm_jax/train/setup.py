@@ -46,7 +46,7 @@ def prepare(cfg: ml_collections.ConfigDict, devices: list | None = None, check_d
     False, as for sampling, that the data sources exist). `fit_copies`: the copies of the parameters that must fit
     in the devices' memory (3 to train, 1 to evaluate, 0: no check, as for `llm-jax plan`)."""
     tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
-    cfg = finalize(cfg, tokenizer.vocab_size + extra_tokens(cfg))  # the objective's [MASK] or sentinels too
+    cfg = finalize(cfg, tokenizer.vocab_size + extra_tokens(cfg, tokenizer.specials))  # [MASK] or sentinels if new
     all_devices = list(devices) if devices is not None else jax.devices()
     if cfg.train.per_device_batch:
         cfg.train.global_batch = cfg.train.per_device_batch * len(all_devices)
