@@ -108,7 +108,8 @@ def trained_parser(command: str) -> argparse.ArgumentParser:
                            "runtime) from the defaults. --config.a.b=VALUE changes any key (e.g. the mesh, or "
                            "data.tokenizer_path if the tokenizer moved).")
     parser.add_argument("--workdir", required=True,
-                        help="the run's workdir, a checkpoints/<step> directory, or a .safetensors file from export")
+                        help="the run's workdir, a checkpoints/<step> directory, a .safetensors file from export or "
+                             "hf import, or a Hugging Face model directory (read tensor by tensor)")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest)")
     return parser
 
@@ -176,7 +177,8 @@ def sample_command(argv: list[str]) -> int:
     if trained is None:
         return 2
 
-    from llm_jax.train.hooks import CONTINUATIONS, continue_prompts
+    from llm_jax.objectives import make_objective
+    from llm_jax.train.hooks import CONTINUATIONS, continue_prompts, first_sentinel
 
     s, tok, family = trained.cfg.sample, trained.tokenizer, trained.cfg.model.family
     if family not in CONTINUATIONS:
@@ -185,10 +187,11 @@ def sample_command(argv: list[str]) -> int:
         return 2
     prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
     pick = lambda flag, default: default if flag is None else flag
+    sentinel = first_sentinel(make_objective(trained.cfg, tok))  # where an encoder-decoder writes the continuation
     with on_mesh(trained.mesh, trained.rules):
         outputs = continue_prompts(family, trained.model, trained.params, [tok.encode(p) for p in prompts],
                                    pick(args.max_new_tokens, s.max_new_tokens), trained.cfg.train.seq_len,
-                                   tok.vocab_size, tok.specials, temperature=pick(args.temperature, s.temperature),
+                                   sentinel, tok.specials, temperature=pick(args.temperature, s.temperature),
                                    top_k=pick(args.top_k, s.top_k), top_p=pick(args.top_p, s.top_p),
                                    seed=pick(args.seed, s.seed))
     for i, (prompt, new_ids) in enumerate(zip(prompts, outputs, strict=True)):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tokenizers
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -67,3 +68,48 @@ def test_identity_changes_with_the_file_and_a_missing_file_is_a_config_error(hf_
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({}))
     with pytest.raises(ConfigError, match="no eos token"):
         make_tokenizer("hf", str(tmp_path))
+
+
+# Llama 3's pre-tokenizer split (contractions, letters, 1-3 digits, punctuation, newlines, spaces), before bytes.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _wordpiece(directory):
+    """A BERT WordPiece tokenizer (lower-casing, accent stripping, Chinese characters split), saved by transformers."""
+    words = sorted({w.lower() for doc in corpus.documents("train")[:20] for w in doc.split() if w.isalpha()})[:400]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", *words,
+             *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"), "!", ",", ".", "—", "日", "本"]
+    vocab = {piece: i for i, piece in enumerate(dict.fromkeys(vocab))}
+    transformers.BertTokenizer(vocab=vocab).save_pretrained(directory)
+
+
+def _llama3_bpe(directory):
+    """A Llama 3-style BPE: its regex split then byte-level, <|begin_of_text|> / <|end_of_text|> as specials."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus.documents("train")[:40], trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+              "tokenizer_class": "PreTrainedTokenizerFast"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "llama3"])
+def test_wordpiece_and_llama3_bpe_give_transformers_ids(kind, tmp_path):
+    (_wordpiece if kind == "wordpiece" else _llama3_bpe)(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    specials = {"wordpiece": "[SEP] [MASK]", "llama3": "<|end_of_text|>"}[kind]
+    text = f"{TEXT} {specials} 12345 it's they'll   spaces\n\n"
+    ours = make_tokenizer("hf", str(tmp_path))
+    ids = ours.encode(text).tolist()
+    assert ids == reference(text, add_special_tokens=False)["input_ids"]
+    assert len(set(ids)) > 10 and all(i >= 0 for i in ids)
+    s = ours.specials
+    assert s.eos == (reference.sep_token_id if kind == "wordpiece" else reference.eos_token_id)
+    assert s.pad == (reference.pad_token_id if kind == "wordpiece" else reference.eos_token_id)

@@ -15,7 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from llm_jax.checkpoint.integrity import write_manifest
-from llm_jax.checkpoint.params import CheckpointError, abstract_like
+from llm_jax.checkpoint.params import CheckpointError, abstract_like, is_hf_directory
 
 __all__ = ["CheckpointError", "Checkpointer", "arrays_of", "check_compatible"]
 
@@ -119,10 +119,10 @@ class Checkpointer:
 
 
 def check_compatible(meta: dict, tokenizer_identity: dict, where: pathlib.Path) -> None:
-    """Refuse to resume with another tokenizer: token ids would silently mean different text. A parameter file that
-    records none (`hf import` of a directory without tokenizer files) is taken to use the config's."""
+    """Refuse to resume with another tokenizer: token ids would silently mean different text. A parameter file or
+    Hugging Face directory that records none (a directory without tokenizer files) is taken to use the config's."""
     saved = meta.get("tokenizer", {})
-    if not saved and str(where).endswith(".safetensors"):
+    if not saved and (str(where).endswith(".safetensors") or is_hf_directory(pathlib.Path(where))):
         return
     if saved.get("hash") != tokenizer_identity["hash"]:
         raise CheckpointError(f"{where} was trained with tokenizer {saved} but the config gives {tokenizer_identity}; "

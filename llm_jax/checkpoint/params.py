@@ -11,6 +11,7 @@ import json
 import logging
 import pathlib
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -61,30 +62,53 @@ def _order(name: str) -> tuple:
     return (1, m.group(1), int(m.group(2)), m.group(3)) if m else (0 if name.startswith("embed") else 2, "", 0, name)
 
 
-def from_portable(tensors: dict[str, np.ndarray], abstract, where: str) -> dict[str, np.ndarray]:
-    """`tensors` (portable names) arranged as the model's flat parameter names, shape-checked against `abstract`."""
-    have, out, problems = dict(tensors), {}, []
-    for name, target in _flat(abstract).items():
+def _arrangement(names: set[str], abstract, where: str) -> dict[str, list[str]]:
+    """For each of the model's flat parameter names, the portable names it is made of (a scanned stack: one per
+    layer, stacked in order); a CheckpointError naming what only the file or only the model has."""
+    out, left, problems = {}, set(names), []
+    for name in _flat(abstract):
         if stacked := _stacked(name):
-            keys = [f"{stacked[0]}{i}.{stacked[1]}" for i in range(target.shape[0])]
-            parts = [have.pop(k, None) for k in keys]
-            missing = [k for k, p in zip(keys, parts, strict=True) if p is None]
-            value = None if missing else np.stack(parts)
-            name_shown = f"{stacked[0]}*.{stacked[1]}"
+            keys = [f"{stacked[0]}{i}.{stacked[1]}" for i in range(_flat(abstract)[name].shape[0])]
         else:
-            name_shown = _unrolled(name)
-            value = have.pop(name_shown, None)
-            missing = [name_shown] if value is None else []
+            keys = [_unrolled(name)]
+        missing = [k for k in keys if k not in left]
         if missing:
-            problems.append(f"{missing[0]}: only in the model")
-        elif tuple(value.shape) != tuple(target.shape):
-            problems.append(f"{name_shown}: file {tuple(value.shape)}, model {tuple(target.shape)}")
-        else:
-            out[name] = value
-    problems += [f"{k}: only in the file" for k in sorted(have)]
+            problems.append(f"{missing[0] if not stacked else f'{stacked[0]}*.{stacked[1]}'}: only in the model")
+        left -= set(keys)
+        out[name] = keys
+    problems += [f"{k}: only in the file" for k in sorted(left)]
     if problems:
         raise CheckpointError(f"{where} holds another model: {_shown(problems)}")
     return out
+
+
+def _assembled(read: Callable[[str], np.ndarray], keys: list[str], target, flat_name: str, where: str) -> np.ndarray:
+    value = np.stack([read(k) for k in keys]) if _stacked(flat_name) else read(keys[0])
+    if tuple(value.shape) != tuple(target.shape):
+        shown = keys[0] if len(keys) == 1 else f"{_stacked(flat_name)[0]}*.{_stacked(flat_name)[1]}"
+        raise CheckpointError(f"{where} holds another model: {shown}: file {tuple(value.shape)}, model "
+                              f"{tuple(target.shape)}")
+    return value
+
+
+def from_portable(tensors: dict[str, np.ndarray], abstract, where: str) -> dict[str, np.ndarray]:
+    """`tensors` (portable names) arranged as the model's flat parameter names, shape-checked against `abstract`."""
+    flat = _flat(abstract)
+    return {name: _assembled(tensors.__getitem__, keys, flat[name], name, where)
+            for name, keys in _arrangement(set(tensors), abstract, where).items()}
+
+
+def place_portable(read: Callable[[str], np.ndarray], names: Iterable[str], abstract, where: str) -> Any:
+    """The parameters, sharded as `abstract`, from portable tensors that `read(name)` gives one at a time: one
+    model array (a stack's layers together) is on the host at once, so a model bigger than host memory still loads
+    when its devices hold it. Names are checked against the model before anything is read."""
+    flat, arrangement = _flat(abstract), _arrangement(set(names), abstract, where)
+    leaves = []
+    for name, keys in arrangement.items():
+        host = _assembled(read, keys, flat[name], name, where)
+        leaves.append(_place_one(host, flat[name]))
+        del host
+    return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
 def _shown(problems: list[str]) -> str:
@@ -207,22 +231,38 @@ def json_field(metadata: dict[str, str], key: str, path: pathlib.Path) -> dict:
     return value
 
 
-def _place(flat: dict[str, np.ndarray], abstract) -> Any:
-    """Host arrays as the sharded tree `abstract`; each process reads only the slices its devices hold."""
-    def one(name: str, target) -> jax.Array:
-        host = flat[name]
-        return jax.make_array_from_callback(target.shape, target.sharding,
-                                            lambda index: np.asarray(host[index], target.dtype))
+def _place_one(host: np.ndarray, target) -> jax.Array:
+    """A host array as `target`'s sharded array; each process reads only the slices its devices hold."""
+    return jax.make_array_from_callback(target.shape, target.sharding,
+                                        lambda index: np.asarray(host[index], target.dtype))
 
+
+def _place(flat: dict[str, np.ndarray], abstract) -> Any:
+    """Host arrays as the sharded tree `abstract`."""
     named = _flat(abstract)
-    return jax.tree.unflatten(jax.tree.structure(abstract), [one(k, v) for k, v in named.items()])
+    return jax.tree.unflatten(jax.tree.structure(abstract), [_place_one(flat[k], v) for k, v in named.items()])
+
+
+def is_hf_directory(path: pathlib.Path) -> bool:
+    """A Hugging Face model directory (config.json beside its safetensors weights), not a run's workdir (which has
+    a config.json too, but never these weights)."""
+    return (path / "config.json").is_file() and any(
+        (path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def check_source(path: str | pathlib.Path) -> None:
-    """Fail early (before anything compiles) when `path` is neither an exported file nor a checkpoint."""
+    """Fail early (before anything compiles) when `path` is neither an exported file, a Hugging Face model
+    directory nor a checkpoint."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
         read_exported_header(path)
+    elif is_hf_directory(path):
+        from llm_jax.hf.importer import HFError, hf_run_config
+
+        try:
+            hf_run_config(path)
+        except HFError as e:
+            raise CheckpointError(str(e)) from None
     else:
         find_step_dir(path)
 
@@ -257,9 +297,22 @@ def load_params(path: str | pathlib.Path, abstract) -> tuple[Any, dict]:
     and the source's metadata (its tokenizer identity under "tokenizer", and "step")."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
-        tensors, metadata = read_exported(path)
-        source = {"tokenizer": json_field(metadata, "tokenizer", path), "step": metadata.get("step")}
-        return _place(from_portable(tensors, abstract, str(path)), abstract), source
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist")
+        try:
+            with safetensors.opened(path) as (names, read, metadata):
+                source = {"tokenizer": json_field(metadata, "tokenizer", path), "step": metadata.get("step")}
+                return place_portable(read, names, abstract, str(path)), source
+        except safetensors.SafetensorsError as e:
+            raise CheckpointError(str(e)) from None
+    if is_hf_directory(path):
+        from llm_jax.hf.importer import HFError, portable_source
+
+        try:
+            with portable_source(path) as (names, read, saved):
+                return place_portable(read, names, abstract, str(path)), {"tokenizer": saved["tokenizer"], "step": None}
+        except HFError as e:
+            raise CheckpointError(str(e)) from None
     step_dir = find_step_dir(path)
     meta = read_meta(step_dir)
     return restore_params(step_dir, abstract), {"tokenizer": meta.get("tokenizer", {}), "step": int(step_dir.name)}

@@ -2,7 +2,9 @@
 offsets covering the data section exactly) before anything is allocated. This module adds what llm_jax needs on
 top: atomic writes, and one-line errors that name the file."""
 
+import contextlib
 import pathlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -51,3 +53,24 @@ def read(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 (not iterable)
     except (SafetensorError, OSError) as e:
         raise _damaged(path, e) from None
+
+
+@contextlib.contextmanager
+def opened(path: str | pathlib.Path) -> Iterator[tuple[list[str], Callable[[str], np.ndarray], dict[str, str]]]:
+    """(tensor names, read(name), metadata) of a file whose tensors are read one at a time, on demand."""
+    path = pathlib.Path(path)
+    try:
+        f = safe_open(path, framework="numpy").__enter__()
+    except (SafetensorError, OSError) as e:
+        raise _damaged(path, e) from None
+
+    def read(name: str) -> np.ndarray:
+        try:
+            return f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise _damaged(path, e) from None
+
+    try:
+        yield list(f.keys()), read, dict(f.metadata() or {})
+    finally:
+        f.__exit__(None, None, None)

@@ -1,5 +1,6 @@
 """Turn `model=NAME,topology=NAME` into a config: the base config with both presets applied. NAME may also be a
-parameter file (`model=gpt2.safetensors`): its model and tokenizer, fine-tuned from its parameters."""
+parameter file (`model=gpt2.safetensors`) or a Hugging Face model directory: its model and tokenizer, fine-tuned
+from its parameters."""
 
 import json
 import pathlib
@@ -35,20 +36,26 @@ def _preset(presets: dict, kind: str, name: str) -> dict:
 
 
 # What `model=FILE.safetensors` takes from the file's config: the model, and the tokenizer its ids belong to.
-FROM_FILE = ("model.", "data.tokenizer", "data.tokenizer_path")
+FROM_FILE = ("model.", "data.tokenizer", "data.tokenizer_path", "train.seq_len")
 
 
 def file_preset(path: pathlib.Path) -> dict:
-    """`model=FILE.safetensors`: the model and tokenizer keys of a parameter file (from `llm-jax export` or
-    `llm-jax hf import`), and `checkpoint.init_from` = the file, so a run fine-tunes that model."""
+    """`model=FILE.safetensors` or `model=DIR` (a Hugging Face model directory): the model and tokenizer keys (and
+    the training length) of a parameter file (from `llm-jax export` or `llm-jax hf import`) or directory, and
+    `checkpoint.init_from` = it, so a run fine-tunes that model."""
     from safetensors import SafetensorError, safe_open
 
     from llm_jax.config.load import flatten
 
     try:
-        with safe_open(path, framework="numpy") as f:
-            saved = json.loads((f.metadata() or {}).get("config", "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        if path.is_dir():
+            from llm_jax.hf.importer import hf_run_config
+
+            saved = hf_run_config(path)["config"]
+        else:
+            with safe_open(path, framework="numpy") as f:
+                saved = json.loads((f.metadata() or {}).get("config", "{}"))
+    except (SafetensorError, OSError, ValueError) as e:  # ValueError: bad JSON, or the directory's HFError
         raise ConfigError(f"model={path} in --config: not a parameter file with a config ({e}); give a file "
                           "written by `llm-jax export` or `llm-jax hf import`") from None
     keys = {k: v for k, v in flatten(saved).items() if k.startswith(FROM_FILE)} if isinstance(saved, dict) else {}
@@ -66,7 +73,7 @@ def build_config(arg: str, models_file: pathlib.Path, topologies_file: pathlib.P
     topology = _preset(load_module(topologies_file, "topology preset file").PRESETS, "topology", chosen["topology"])
     topology = {k: v for k, v in topology.items() if k not in TARGET_KEYS}
     apply_overrides(cfg, topology, f"topology preset '{chosen['topology']}'")
-    if chosen["model"].endswith(".safetensors"):
+    if chosen["model"].endswith(".safetensors") or (pathlib.Path(chosen["model"]) / "config.json").is_file():
         model = file_preset(pathlib.Path(chosen["model"]))
     else:
         model = _preset(load_module(models_file, "model preset file").PRESETS, "model", chosen["model"])

@@ -4,6 +4,7 @@ Reads `config.json` and `model.safetensors` (or the shards a `model.safetensors.
 time through the `safetensors` package, so no more than one tensor is copied at once.
 """
 
+import contextlib
 import json
 import pathlib
 from collections.abc import Callable, Iterator
@@ -102,6 +103,56 @@ def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, 
     return keys, read_all(arch.table(keys), read), close
 
 
+@contextlib.contextmanager
+def portable_source(directory: str | pathlib.Path,
+                    ) -> Iterator[tuple[list[str], Callable[[str], np.ndarray], dict]]:
+    """(the portable names, read(name) of one of them, hf_run_config) of a Hugging Face directory, read on demand
+    one tensor at a time (the other parts of a fused tensor wait until asked for), so that the parameters can be
+    placed on the devices without a copy of the whole model in host memory."""
+    directory = pathlib.Path(directory)
+    saved = hf_run_config(directory)
+    arch = ARCHITECTURES[read_config(directory)["model_type"]]
+    keys = saved["config"]["model"]
+    table = arch.table(keys)
+    by_name = {name: t for t in table for name in t.ours}
+    waiting: dict[str, np.ndarray] = {}
+    hf_read, close = tensor_reader(directory, getattr(arch, "ALIASES", None))
+
+    def read(name: str) -> np.ndarray:
+        if name not in waiting:
+            t = by_name[name]
+            waiting.update(zip(t.ours, t.to_ours(hf_read(t.hf)), strict=True))
+        return waiting.pop(name)
+
+    try:
+        yield list(by_name), read, saved
+    finally:
+        close()
+
+
+def hf_run_config(directory: str | pathlib.Path) -> dict:
+    """{'config': the llm_jax config keys a Hugging Face directory stands for (its model; its tokenizer.json, if it
+    has one), 'tokenizer': that tokenizer's identity ({} without one)}, after checking the config and tensors."""
+    from llm_jax.data.tokenizer import make_tokenizer
+
+    directory = pathlib.Path(directory).absolute()
+    keys, _, close = import_hf(directory)  # reads no tensor data; checks the config and the tensor names it needs
+    close()
+    from llm_jax.config.base import base_config
+
+    # The default training length, unless the model's positions end sooner.
+    config = {"model": keys, "model_preset": f"hf:{read_config(directory)['model_type']}",
+              "train": {"seq_len": min(base_config().train.seq_len, keys["max_seq_len"])}}
+    tokenizer = {}
+    if (directory / "tokenizer.json").is_file():
+        config["data"] = {"tokenizer": "hf", "tokenizer_path": str(directory)}
+        try:
+            tokenizer = make_tokenizer("hf", str(directory)).identity()
+        except ValueError as e:  # a ConfigError: e.g. no eos token named in the directory's files
+            raise HFError(str(e)) from None
+    return {"config": config, "tokenizer": tokenizer}
+
+
 def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The llm_jax model keys and every portable tensor of a Hugging Face directory, held together in host memory
     (read one tensor at a time; the files are closed afterwards, also on an error)."""
@@ -114,26 +165,15 @@ def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.nda
 
 def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tuple[dict, int]:
     """Write a Hugging Face model directory as an llm_jax parameter file (`llm-jax export`'s format): the portable
-    tensors, and a config (its model keys; its tokenizer.json, if the directory has one) that `sample`, `eval` and
-    `checkpoint.init_from` read. Returns the model keys and the number of parameters."""
-    import json as _json
-
+    tensors as stored (float32, bfloat16 or float16), and the config and tokenizer identity of hf_run_config, which
+    `sample`, `eval`, `hf export`, `model=FILE` and `checkpoint.init_from` read. Returns the model keys and the
+    number of parameters."""
     from llm_jax.checkpoint import safetensors as st
-    from llm_jax.config.base import base_config
-    from llm_jax.data.tokenizer import make_tokenizer
 
     directory = pathlib.Path(directory).absolute()
+    saved = hf_run_config(directory)
     keys, portable = read_portable(directory)
-    cfg = base_config()
-    for k, v in keys.items():
-        cfg.model[k] = v
-    cfg.model_preset = f"hf:{read_config(directory)['model_type']}"
-    cfg.train.seq_len = min(cfg.train.seq_len, keys["max_seq_len"])
-    tokenizer = {}
-    if (directory / "tokenizer.json").is_file():
-        cfg.data.tokenizer, cfg.data.tokenizer_path = "hf", str(directory)
-        tokenizer = make_tokenizer("hf", str(directory)).identity()
-    metadata = {"format": "llm_jax", "step": "", "config": cfg.to_json_best_effort(),
-                "tokenizer": _json.dumps(tokenizer), "source": str(directory)}
+    metadata = {"format": "llm_jax", "step": "", "config": json.dumps(saved["config"]),
+                "tokenizer": json.dumps(saved["tokenizer"]), "source": str(directory)}
     st.write(out, portable, metadata)
     return keys, sum(int(np.prod(a.shape)) for a in portable.values())

@@ -42,7 +42,7 @@ def _special_names(tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer.kind == "byte":
         return dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS, strict=True))
     sp, s = tokenizer.sp, tokenizer.specials
-    ids = {"pad_token": s.pad, "bos_token": s.bos, "eos_token": s.eos}
+    ids = {"pad_token": s.pad, "eos_token": s.eos, **({"bos_token": s.bos} if s.has_bos else {})}
     return {role: sp.id_to_piece(i) for role, i in ids.items() if 0 <= i < sp.get_piece_size()}
 
 
@@ -65,8 +65,8 @@ def write_tokenizer(directory: pathlib.Path, data: dict, identity: dict, tokeniz
     (bos/eos/pad, and the decoder's first token) and the files written."""
     tokenizer = _tokenizer(data, identity, tokenizer_path)
     s = tokenizer.specials
-    ids = {"bos_token_id": s.bos, "eos_token_id": s.eos, "pad_token_id": s.pad,
-           "decoder_start_token_id": getattr(s, "decoder_start", s.bos)}
+    ids = {"bos_token_id": s.bos if s.has_bos else None, "eos_token_id": s.eos, "pad_token_id": s.pad,
+           "decoder_start_token_id": s.decoder_start}
     if tokenizer.kind == "hf":
         files = [f for f in HF_FILES if (tokenizer.path.parent / f).is_file()]
         for f in files:

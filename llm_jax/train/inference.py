@@ -12,7 +12,14 @@ import ml_collections
 from jax.sharding import Mesh
 
 from llm_jax.checkpoint.manager import CheckpointError, check_compatible
-from llm_jax.checkpoint.params import abstract_like, exported_config, find_step_dir, load_params, read_meta
+from llm_jax.checkpoint.params import (
+    abstract_like,
+    exported_config,
+    find_step_dir,
+    is_hf_directory,
+    load_params,
+    read_meta,
+)
 from llm_jax.config.load import ConfigError, config_from_saved
 from llm_jax.data.pipeline import make_data
 from llm_jax.data.tokenizer import Tokenizer
@@ -41,6 +48,13 @@ def saved_config(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, di
     """The checkpoint step directory (or exported file) that `path` and `step` name, and the config it holds."""
     if path.suffix == ".safetensors":
         return path, exported_config(path)
+    if is_hf_directory(path):
+        from llm_jax.hf.importer import HFError, hf_run_config
+
+        try:
+            return path, hf_run_config(path)["config"]
+        except HFError as e:
+            raise CheckpointError(str(e)) from None
     source = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
     saved = read_meta(source).get("config", {})
     if not isinstance(saved, dict):
