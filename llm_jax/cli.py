@@ -46,10 +46,21 @@ def _bench(argv: list[str]) -> int:
                              "elementwise, collectives) and the slowest ops")
     parser.add_argument("--checkpoint", action="store_true",
                         help="time checkpoint save/restore instead of the train step (--steps steps per phase)")
+    parser.add_argument("--hf", action="store_true",
+                        help="time hf export, hf import and loading a Hugging Face directory of the config's model "
+                             "(random weights), with each one's peak host memory")
+    parser.add_argument("--hf-dtype", default="bfloat16", choices=("float32", "bfloat16"),
+                        help="with --hf: the weights' dtype on disk")
     parser.add_argument("--dir", default=None,
-                        help="with --checkpoint: where to write (a temporary directory inside it, deleted after); "
-                             "default: the system's temporary directory")
+                        help="with --checkpoint or --hf: where to write (a temporary directory inside it, deleted "
+                             "after); default: the system's temporary directory")
     args, cfg = parse_with_config(parser, argv)
+
+    if args.hf:
+        from llm_jax.hf.bench import bench_hf
+
+        bench_hf(cfg, args.dir, args.hf_dtype)
+        return 0
 
     if args.checkpoint:
         from llm_jax.train.checkpoint_bench import bench_checkpoint

@@ -22,6 +22,7 @@ from tests.conftest import small_config
 from tests.test_hf_parity import VOCAB, L, _built
 
 AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama31": transformers.AutoModelForCausalLM,
+        "qwen2": transformers.AutoModelForCausalLM,
         "bert": transformers.AutoModelForMaskedLM, "t5": transformers.AutoModelForSeq2SeqLM}
 TEXT = "Grüße, 世界! naïve café 🙂🚀\tend  of\nline <eos> ½"
 
@@ -52,7 +53,7 @@ def _logits(kind: str, model_or_hf, params=None) -> np.ndarray:
     return np.asarray(model_or_hf.apply({"params": params}, tokens_BL, ones, pos))
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama31", "bert", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama31", "qwen2", "bert", "t5"])
 def test_import_export_round_trip_is_bitwise_and_own_weights_load_in_transformers(kind, tmp_path):
     src, imported = tmp_path / "hf", tmp_path / "imported.safetensors"
     _hf_model(kind).save_pretrained(src)

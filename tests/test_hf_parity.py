@@ -38,6 +38,12 @@ def _fresh_hf_model(kind: str):
         cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=32,
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
         return transformers.GPT2LMHeadModel(cfg)
+    if kind == "qwen2":  # Llama's layout with q/k/v biases, grouped-query attention, tied head
+        cfg = transformers.Qwen2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                       num_key_value_heads=2, intermediate_size=96, vocab_size=VOCAB,
+                                       max_position_embeddings=64, rms_norm_eps=1e-5, initializer_range=0.2,
+                                       tie_word_embeddings=True, use_sliding_window=False)
+        return transformers.Qwen2ForCausalLM(cfg)
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 16} if kind == "llama31" else None
     cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -67,7 +73,7 @@ def _built(keys: dict, portable: dict, where: str, seq_len: int = L):
     return model, _place(from_portable(portable, shaped, where), shaped)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama31", "llama_tied"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama31", "llama_tied", "qwen2"])
 def test_imported_logits_equal_transformers(kind, tmp_path):
     hf = _hf_model(kind).eval()
     hf.save_pretrained(tmp_path)

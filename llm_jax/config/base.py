@@ -58,6 +58,7 @@ def _schema() -> Section:
     m.norm_position = key("pre", "pre: norm before each sublayer (GPT-2, Llama, T5) | post: after the residual "
                                  "add (BERT)", ("pre", "post"))
     m.use_bias = key(False, "biases in the attention and MLP projections (BERT, GPT-2)")
+    m.qkv_bias = key(False, "biases in the query, key and value projections only (Qwen2); use_bias has them too")
     m.rope_theta = key(10000.0, "RoPE base wavelength", gt=0)
     m.rope_scaling = key("none", "none | llama3 (Llama 3.1's frequency scaling for long contexts)", ("none", "llama3"))
     m.rope_scaling_factor = key(8.0, "llama3: how much the long wavelengths are stretched", gt=0)

@@ -146,6 +146,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
         if value and m.family != family:
             raise ConfigError(f"{key}={value} is only read by model.family='{family}', not '{m.family}'; "
                               f"leave it at 0")
+    if m.qkv_bias and m.use_bias:
+        raise ConfigError("model.qkv_bias=True adds the query/key/value biases that model.use_bias=True already has; "
+                          "set one of them")
     if cfg.objective.whole_word and cfg.objective.name not in ("", "masked_lm"):
         raise ConfigError(f"objective.whole_word is for masked_lm, not objective.name='{cfg.objective.name}'")
     if cfg.objective.whole_word and m.family != "encoder":

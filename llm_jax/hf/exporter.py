@@ -14,13 +14,13 @@ import numpy as np
 
 from llm_jax.checkpoint.params import json_field, read_exported
 from llm_jax.config.base import base_config
-from llm_jax.hf import bert, gpt2, llama, t5
+from llm_jax.hf import bert, gpt2, llama, qwen2, t5
 from llm_jax.hf.importer import HFError
 from llm_jax.hf.mapping import write_all
 
-BY_FAMILY = {"decoder": (llama, gpt2), "encoder": (bert,), "encoder_decoder": (t5,)}
+BY_FAMILY = {"decoder": (llama, qwen2, gpt2), "encoder": (bert,), "encoder_decoder": (t5,)}
 # Keys that change the model's function but that some importers never set: their value when absent.
-IMPLIED = {"qk_norm": False, "norm_position": "pre", "type_vocab_size": 0, "rope_scaling": "none"}
+IMPLIED = {"qk_norm": False, "norm_position": "pre", "type_vocab_size": 0, "rope_scaling": "none", "qkv_bias": False}
 DEFAULT_SHARD_BYTES = 5 * 2**30  # transformers' own default for save_pretrained
 
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from llm_jax.hf import bert, gpt2, llama, t5
+from llm_jax.hf import bert, gpt2, llama, qwen2, t5
 from llm_jax.hf.mapping import read_all
 
-ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "t5": t5}
+ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": qwen2, "t5": t5}
 
 
 class HFError(ValueError):

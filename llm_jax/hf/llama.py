@@ -35,7 +35,8 @@ def model_keys(hf: dict) -> dict:
             "head_dim": hf.get("head_dim") or hf["hidden_size"] // H, "mlp_dim": hf["intermediate_size"],
             "max_seq_len": hf["max_position_embeddings"], "vocab_size": hf["vocab_size"], "norm": "rmsnorm",
             "norm_eps": hf.get("rms_norm_eps", 1e-6), "positions": "rope", "mlp": "swiglu",
-            "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "use_bias": False, **_rope_keys(hf)}
+            "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "use_bias": False, "qkv_bias": False,
+            **_rope_keys(hf)}
 
 
 def hf_config(m: dict) -> dict:

@@ -133,7 +133,7 @@ def write_cache(cache: tuple[Array, Array], k_BLGK: Array, v_BLGK: Array,
 
 def bias(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
          cfg: FrozenConfigDict) -> Array:
-    """A zero-initialised bias (only with model.use_bias), cast to the compute dtype."""
+    """A zero-initialised bias (model.use_bias; q/k/v also model.qkv_bias), cast to the compute dtype."""
     return weight(module, name, shape, axes, cfg, nn.initializers.zeros)
 
 
@@ -173,7 +173,7 @@ class Attention(nn.Module):
             v_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wv_DGK)
         else:
             k_BSGK, v_BSGK = fixed_kv
-        if c.use_bias:
+        if c.use_bias or c.qkv_bias:
             q_BLHK = q_BLHK + bias(self, "bq", (H, K), ("heads", "kv"), c)
             bk_GK = bias(self, "bk", (G, K), ("kv_heads", "kv"), c)
             bv_GK = bias(self, "bv", (G, K), ("kv_heads", "kv"), c)
