@@ -148,3 +148,25 @@ def test_export_never_replaces_a_directory_unless_asked(trained_run, tmp_path, c
     assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}", "--overwrite"]) == 0
     assert not (out / "precious.txt").exists() and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no .partial or .old left behind
+
+
+def test_sentencepiece_and_byte_tokenizer_files_give_transformers_our_ids(tmp_path):
+    from llm_jax.data import corpus
+    from llm_jax.data.tokenizer_train import train_sentencepiece
+    from llm_jax.hf.tokenizer_files import write_tokenizer
+
+    (tmp_path / "text.txt").write_text("\n".join(corpus.documents("train")[:10]))
+    sp = train_sentencepiece([str(tmp_path / "text.txt")], 400, "bpe", tmp_path / "sp")
+    text = f"{TEXT} <pad><bos> 12345"
+    for kind, tokenizer in (("sentencepiece", sp), ("byte", ByteTokenizer())):
+        out = tmp_path / kind
+        out.mkdir()
+        ids, _ = write_tokenizer(out, {"tokenizer": kind, "tokenizer_path": str(sp.model_path)}, tokenizer.identity())
+        assert (ids["pad_token_id"], ids["bos_token_id"], ids["eos_token_id"]) == (0, 1, 2)
+        reference = transformers.AutoTokenizer.from_pretrained(out)
+        got = reference(text, add_special_tokens=False)["input_ids"]
+        assert got == tokenizer.encode(text).tolist(), kind
+        assert reference.decode(got) == text and reference.eos_token_id == 2
+    with pytest.raises(HFError, match="not the one the model was trained with"):
+        write_tokenizer(tmp_path, {"tokenizer": "sentencepiece", "tokenizer_path": str(sp.model_path)},
+                        {"kind": "sentencepiece", "hash": "0123"})

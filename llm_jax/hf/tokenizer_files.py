@@ -3,7 +3,10 @@
 - hf: the run's own tokenizer.json, tokenizer_config.json and special_tokens_map.json, copied.
 - byte: a tokenizer.json that `tokenizers` (and so transformers' AutoTokenizer) reads as llm_jax's byte tokenizer:
   byte-level BPE without merges, so each UTF-8 byte is one token, at id byte + 3 after <pad>, <bos>, <eos>.
-- sentencepiece: the .model file copied as tokenizer.model, with tokenizer_config.json naming the special tokens.
+- sentencepiece: the .model file copied as tokenizer.model, with a tokenizer_config.json under which transformers'
+  LlamaTokenizer gives the same ids.
+
+Special tokens typed in text stay text, as llm_jax's tokenizers read them (`split_special_tokens`).
 """
 
 import json
@@ -42,7 +45,9 @@ def _special_names(tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer.kind == "byte":
         return dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS, strict=True))
     sp, s = tokenizer.sp, tokenizer.specials
-    ids = {"pad_token": s.pad, "eos_token": s.eos, **({"bos_token": s.bos} if s.has_bos else {})}
+    ids = {"pad_token": s.pad, "eos_token": s.eos, "unk_token": sp.unk_id()}
+    if s.has_bos:
+        ids["bos_token"] = s.bos
     return {role: sp.id_to_piece(i) for role, i in ids.items() if 0 <= i < sp.get_piece_size()}
 
 
@@ -80,6 +85,9 @@ def write_tokenizer(directory: pathlib.Path, data: dict, identity: dict, tokeniz
         files = ["tokenizer.json"]
     else:
         shutil.copyfile(tokenizer.model_path, directory / "tokenizer.model")
+        # transformers' LlamaTokenizer reads any SentencePiece model as it is, given no prefix space of its own.
+        config.update(tokenizer_class="LlamaTokenizer", legacy=False, add_prefix_space=False, add_bos_token=False,
+                      add_eos_token=False, split_special_tokens=True)
         files = ["tokenizer.model"]
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (directory / "special_tokens_map.json").write_text(json.dumps(names, indent=2) + "\n")
