@@ -267,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
 def _bad_input(e: Exception) -> str | None:
     """The prefix of the one-line message for an error that bad input (flags, config, files) causes; None else."""
     from llm_jax.checkpoint.params import CheckpointError
+    from llm_jax.hf.importer import HFError
 
     for kind, label in ((ConfigError, "config error: "), (DataError, "data error: "),
-                        (CheckpointError, "checkpoint error: ")):
+                        (CheckpointError, "checkpoint error: "), (HFError, "error: ")):
         if isinstance(e, kind):
             return label
     if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):

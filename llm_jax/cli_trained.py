@@ -60,7 +60,11 @@ def hf_command(argv: list[str]) -> int:
     exp.add_argument("--tokenizer-path", default="", help="the tokenizer's file, if it moved since training")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     args = parser.parse_args(argv)
-    return _hf_import(parser, args) if args.action == "import" else _hf_export(parser, args)
+    try:
+        return _hf_import(parser, args) if args.action == "import" else _hf_export(parser, args)
+    except KeyboardInterrupt:  # the writes are atomic: nothing half-written is left at --out
+        print(f"interrupted: nothing was written at {args.out}", file=sys.stderr)
+        return 130
 
 
 def _hf_import(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -78,14 +82,16 @@ def _hf_import(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except HFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    use = (f"eval with `llm-jax eval --workdir={out}`" if keys["family"] == "encoder" else
+           f"sample with `llm-jax sample --workdir={out}`")
     print(f"wrote {out}: {keys['family']} model, {count:,} parameters, in {time.perf_counter() - start:.1f} s | "
-          f"sample with `llm-jax sample --workdir={out}`, fine-tune with --config.checkpoint.init_from={out}")
+          f"{use}; fine-tune with --config=configs/train.py:model={out}")
     return 0
 
 
 def _hf_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.max_shard_mb <= 0:
-        parser.error("--max-shard-mb must be > 0")
+    if not 0 < args.max_shard_mb < 2**40:  # also refuses nan and inf
+        parser.error("--max-shard-mb must be a positive number of MiB")
     from llm_jax.checkpoint.params import CheckpointError
     from llm_jax.hf.exporter import export_hf
     from llm_jax.hf.importer import HFError

@@ -3,6 +3,7 @@ become files that `llm-jax sample` reads (or it reads the directory itself); gre
 `transformers`' generate; an imported GPT-2 is fine-tuned (`model=FILE.safetensors`), exported, and loads in
 transformers with llm_jax's logits."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file, save_file
 
 from llm_jax.cli import main
 from tests.conftest import REPO
@@ -101,5 +103,66 @@ def test_import_fine_tune_export_loads_in_transformers(hf_dir, tmp_path):  # noq
 
 
 def test_a_directory_without_config_is_refused(tmp_path):
-    done = _run("hf", "import", f"--from={tmp_path}", f"--out={tmp_path / 'x.safetensors'}")
+    (tmp_path / "empty").mkdir()
+    done = _run("hf", "import", f"--from={tmp_path / 'empty'}", f"--out={tmp_path / 'x.safetensors'}")
     assert done.returncode == 2 and "has no config.json" in done.stderr
+
+
+def _edit_config(d, **changes):
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _edit_tensors(d, **changes):
+    tensors = load_file(d / "model.safetensors")
+    save_file({**tensors, **changes}, d / "model.safetensors")
+
+
+BAD = {  # what is wrong with the directory -> what the one-line error says
+    "config a list": (lambda d: (d / "config.json").write_text("[1, 2]"), "holds a JSON list, not an object"),
+    "size a string": (lambda d: _edit_config(d, hidden_size="64"), "config.json: "),
+    "gelu llama": (lambda d: _edit_config(d, hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+    "vocab": (lambda d: _edit_config(d, vocab_size=500), "implies (500, 64)"),
+    "norm shape": (lambda d: _edit_tensors(d, **{"model.norm.weight": np.ones(16, np.float32)}),
+                   "'model.norm.weight' has shape (16,), but config.json implies (64,)"),
+    "truncated": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:5000]),
+                  "is not a readable safetensors file"),
+    "tied head": (lambda d: _edit_config(d, tie_word_embeddings=True), "set tie_word_embeddings to false"),
+    "index outside": (lambda d: (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"model.norm.weight": "../elsewhere.safetensors"}})), "weight_map must map tensor names"),
+}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("llama") / "llama"
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=1, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=96, vocab_size=300, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_directory_is_one_line_naming_what_is_wrong(case, llama_dir, tmp_path, capsys):
+    directory = tmp_path / "model"
+    shutil.copytree(llama_dir, directory)
+    if case != "tied head":  # untied by default; this case keeps its own (different) lm_head
+        _edit_config(directory, tie_word_embeddings=False)
+    BAD[case][0](directory)
+    out = tmp_path / "x.safetensors"
+    assert main(["hf", "import", f"--from={directory}", f"--out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert BAD[case][1] in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    assert main(["sample", f"--workdir={directory}", "--max-new-tokens=1"]) == 2  # read directly: the same check
+
+
+def test_import_refuses_to_write_inside_the_source(llama_dir, tmp_path, capsys):
+    directory = tmp_path / "model"
+    shutil.copytree(llama_dir, directory)
+    before = (directory / "model.safetensors").read_bytes()
+    out = directory / "model.safetensors"
+    assert main(["hf", "import", f"--from={directory}", f"--out={out}", "--overwrite"]) == 2
+    assert "inside the directory being imported" in capsys.readouterr().err
+    assert (directory / "model.safetensors").read_bytes() == before

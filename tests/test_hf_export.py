@@ -138,16 +138,24 @@ def test_a_model_no_architecture_expresses_is_refused_by_key(trained_run, tmp_pa
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_export_never_replaces_a_directory_unless_asked(trained_run, tmp_path, capsys):
+def test_export_replaces_only_an_earlier_export_and_never_its_source(trained_run, tmp_path, capsys):
     workdir = trained_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    for out, flags, says in ((mine, [], "pass --overwrite"), (mine, ["--overwrite"], "holds thesis.tex"),
+                             (workdir, ["--overwrite"], "is or holds the source"),
+                             (workdir.parent, ["--overwrite"], "is or holds the source")):
+        assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}", *flags]) == 2
+        assert says in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "keep" and (workdir / "checkpoints").is_dir()
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep")
-    assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}"]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep"
-    assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}", "--overwrite"]) == 0
-    assert not (out / "precious.txt").exists() and (out / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no .partial or .old left behind
+    assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}"]) == 0
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(["hf", "export", f"--workdir={workdir}", f"--out={out}", "--overwrite", "--dtype=bfloat16"]) == 0
+    assert (out / "model.safetensors").stat().st_mtime_ns != first
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "mine"]  # no .partial or .old left behind
 
 
 def test_sentencepiece_and_byte_tokenizer_files_give_transformers_our_ids(tmp_path):
@@ -161,12 +169,27 @@ def test_sentencepiece_and_byte_tokenizer_files_give_transformers_our_ids(tmp_pa
     for kind, tokenizer in (("sentencepiece", sp), ("byte", ByteTokenizer())):
         out = tmp_path / kind
         out.mkdir()
-        ids, _ = write_tokenizer(out, {"tokenizer": kind, "tokenizer_path": str(sp.model_path)}, tokenizer.identity())
+        ids, _ = write_tokenizer(out, {"data": {"tokenizer": kind, "tokenizer_path": str(sp.model_path)}},
+                                 tokenizer.identity())
         assert (ids["pad_token_id"], ids["bos_token_id"], ids["eos_token_id"]) == (0, 1, 2)
         reference = transformers.AutoTokenizer.from_pretrained(out)
         got = reference(text, add_special_tokens=False)["input_ids"]
         assert got == tokenizer.encode(text).tolist(), kind
         assert reference.decode(got) == text and reference.eos_token_id == 2
+    # The ids a BERT's or T5's objective added after the tokenizer's come along by name.
+    for tokenizer, path in ((ByteTokenizer(), ""), (sp, str(sp.model_path))):
+        data = {"tokenizer": tokenizer.kind, "tokenizer_path": path}
+        for family, token in (("encoder", "[MASK]"), ("encoder_decoder", "<extra_id_0>")):
+            out = tmp_path / f"{tokenizer.kind}_{family}"
+            out.mkdir()
+            write_tokenizer(out, {"data": data, "model": {"family": family}}, tokenizer.identity())
+            reference = transformers.AutoTokenizer.from_pretrained(out)
+            assert reference.convert_tokens_to_ids(token) == tokenizer.vocab_size, (tokenizer.kind, family)
+            if family == "encoder":
+                assert reference.mask_token_id == tokenizer.vocab_size
+            else:
+                assert reference.convert_tokens_to_ids("<extra_id_99>") == tokenizer.vocab_size + 99
+            assert reference(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text).tolist()
     with pytest.raises(HFError, match="not the one the model was trained with"):
-        write_tokenizer(tmp_path, {"tokenizer": "sentencepiece", "tokenizer_path": str(sp.model_path)},
+        write_tokenizer(tmp_path, {"data": {"tokenizer": "sentencepiece", "tokenizer_path": str(sp.model_path)}},
                         {"kind": "sentencepiece", "hash": "0123"})

@@ -83,12 +83,14 @@ def _arrangement(names: set[str], abstract, where: str) -> dict[str, list[str]]:
 
 
 def _assembled(read: Callable[[str], np.ndarray], keys: list[str], target, flat_name: str, where: str) -> np.ndarray:
-    value = np.stack([read(k) for k in keys]) if _stacked(flat_name) else read(keys[0])
-    if tuple(value.shape) != tuple(target.shape):
-        shown = keys[0] if len(keys) == 1 else f"{_stacked(flat_name)[0]}*.{_stacked(flat_name)[1]}"
-        raise CheckpointError(f"{where} holds another model: {shown}: file {tuple(value.shape)}, model "
-                              f"{tuple(target.shape)}")
-    return value
+    stacked = _stacked(flat_name)
+    want = tuple(target.shape[1:] if stacked else target.shape)
+    parts = []
+    for k in keys:  # each layer checked before stacking: a wrong one is named, not a stacking error
+        parts.append(read(k))
+        if tuple(parts[-1].shape) != want:
+            raise CheckpointError(f"{where} holds another model: {k}: file {tuple(parts[-1].shape)}, model {want}")
+    return np.stack(parts) if stacked else parts[0]
 
 
 def from_portable(tensors: dict[str, np.ndarray], abstract, where: str) -> dict[str, np.ndarray]:

@@ -48,28 +48,28 @@ def hf_config(m: dict) -> dict:
 
 def table(m: dict) -> list[Tensor]:
     D, H, K, F = m["d_model"], m["num_heads"], m["head_dim"], m["mlp_dim"]
-    out = [same("bert.embeddings.word_embeddings.weight", "embedding"),
-           same("bert.embeddings.position_embeddings.weight", "pos_embedding"),
-           same("bert.embeddings.token_type_embeddings.weight", "type_embedding"),
-           *layernorm("bert.embeddings.LayerNorm.", "embed_norm")]
+    out = [same("bert.embeddings.word_embeddings.weight", "embedding", (m["vocab_size"], D)),
+           same("bert.embeddings.position_embeddings.weight", "pos_embedding", (m["max_seq_len"], D)),
+           same("bert.embeddings.token_type_embeddings.weight", "type_embedding", (m["type_vocab_size"], D)),
+           *layernorm("bert.embeddings.LayerNorm.", "embed_norm", D)]
     for i in range(m["num_layers"]):
         hf, ours = f"bert.encoder.layer.{i}.", f"layers.{i}."
         for hf_name, name in (("query", "q"), ("key", "k"), ("value", "v")):
             out += [linear(f"{hf}attention.self.{hf_name}.weight", f"{ours}attn.w{name}", (D,), (H, K)),
                     reshaped(f"{hf}attention.self.{hf_name}.bias", f"{ours}attn.b{name}", (H, K))]
         out += [linear(hf + "attention.output.dense.weight", f"{ours}attn.wo", (H, K), (D,)),
-                same(hf + "attention.output.dense.bias", f"{ours}attn.bo"),
-                *layernorm(hf + "attention.output.LayerNorm.", ours + "attn_norm"),
+                same(hf + "attention.output.dense.bias", f"{ours}attn.bo", (D,)),
+                *layernorm(hf + "attention.output.LayerNorm.", ours + "attn_norm", D),
                 linear(hf + "intermediate.dense.weight", f"{ours}mlp.wi", (D,), (F,)),
-                same(hf + "intermediate.dense.bias", f"{ours}mlp.bi"),
+                same(hf + "intermediate.dense.bias", f"{ours}mlp.bi", (F,)),
                 linear(hf + "output.dense.weight", f"{ours}mlp.wo", (F,), (D,)),
-                same(hf + "output.dense.bias", f"{ours}mlp.bo"),
-                *layernorm(hf + "output.LayerNorm.", ours + "mlp_norm")]
+                same(hf + "output.dense.bias", f"{ours}mlp.bo", (D,)),
+                *layernorm(hf + "output.LayerNorm.", ours + "mlp_norm", D)]
     out += [linear("cls.predictions.transform.dense.weight", "mlm_head.wi", (D,), (D,)),
-            same("cls.predictions.transform.dense.bias", "mlm_head.bi"),
-            *layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm"),
-            same("cls.predictions.bias", "mlm_head.bias")]
+            same("cls.predictions.transform.dense.bias", "mlm_head.bi", (D,)),
+            *layernorm("cls.predictions.transform.LayerNorm.", "mlm_head.norm", D),
+            same("cls.predictions.bias", "mlm_head.bias", (m["vocab_size"],))]
     if not m["tie_embeddings"]:
         out += [linear("cls.predictions.decoder.weight", "mlm_head.unembed", (D,), (m["vocab_size"],)),
-                same("cls.predictions.decoder.bias", "mlm_head.bias")]
+                same("cls.predictions.decoder.bias", "mlm_head.bias", (m["vocab_size"],))]
     return out

@@ -8,14 +8,22 @@ Hugging Face architecture here expresses (e.g. a BERT with rotary positions) is 
 
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
 
-from llm_jax.checkpoint.params import json_field, read_exported
+from llm_jax.checkpoint.params import (
+    find_step_dir,
+    is_hf_directory,
+    json_field,
+    read_exported,
+    read_exported_header,
+    read_meta,
+)
 from llm_jax.config.base import base_config
 from llm_jax.hf import bert, gpt2, llama, qwen2, t5
-from llm_jax.hf.importer import HFError
+from llm_jax.hf.importer import HFError, hf_run_config, read_portable
 from llm_jax.hf.mapping import write_all
 
 BY_FAMILY = {"decoder": (llama, qwen2, gpt2), "encoder": (bert,), "encoder_decoder": (t5,)}
@@ -24,18 +32,23 @@ IMPLIED = {"qk_norm": False, "norm_position": "pre", "type_vocab_size": 0, "rope
 DEFAULT_SHARD_BYTES = 5 * 2**30  # transformers' own default for save_pretrained
 
 
-def model_dict(saved_model: dict, tensors: dict[str, np.ndarray]) -> dict:
-    """The saved model keys on today's defaults, with the derived ones (0 = 'as the heads') made explicit."""
+def model_dict(saved_model: dict, tensors: dict[str, np.ndarray] | None = None) -> dict:
+    """The saved model keys on today's defaults, with the derived ones (0 = 'as the heads') made explicit; the
+    vocabulary from the embedding when the tensors are given."""
     m = {**base_config().model.to_dict(), **saved_model}
     m["num_kv_heads"] = m["num_kv_heads"] or m["num_heads"]
     m["head_dim"] = m["head_dim"] or m["d_model"] // m["num_heads"]
     m["num_decoder_layers"] = m["num_decoder_layers"] or m["num_layers"]
-    m["vocab_size"] = int(tensors["embedding"].shape[0])  # the padded vocabulary the model was built with
+    if tensors is not None and "embedding" in tensors:
+        m["vocab_size"] = int(tensors["embedding"].shape[0])  # the padded vocabulary the model was built with
     return m
 
 
 def _differences(arch, m: dict) -> list[str]:
-    back = arch.model_keys(arch.hf_config(m))
+    try:
+        back = arch.model_keys(arch.hf_config(m))
+    except ValueError as e:  # a setting the architecture does not have at all
+        return [str(e)]
     keys = [*back, *(k for k in IMPLIED if k not in back)]
     if m["positions"] != "rope":
         keys = [k for k in keys if not k.startswith("rope_")]
@@ -55,17 +68,53 @@ def choose_architecture(m: dict):
                   f"{closest[0]}, differs in {'; '.join(closest[1])}")
 
 
-def read_source(source: str | pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict[str, np.ndarray], dict]:
-    """(where it was read, the portable tensors, the saved config and tokenizer identity as {'config', 'tokenizer'})
-    of a run's workdir, a checkpoints/<step> directory, or a parameter file."""
+def read_saved(source: str | pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
+    """(where the parameters are, {'config', 'tokenizer', 'ids'}: the saved config, tokenizer identity and, for a
+    file imported without a tokenizer, the source's special ids) of a run's workdir, a checkpoints/<step>
+    directory, a parameter file or a Hugging Face directory; only metadata is read."""
     path = pathlib.Path(source)
+    if step is not None and (path.suffix == ".safetensors" or is_hf_directory(path)):
+        raise HFError(f"--step is for a run's workdir; {path} holds one set of parameters")
     if path.suffix == ".safetensors":
-        tensors, metadata = read_exported(path)
-        return path, tensors, {k: json_field(metadata, k, path) for k in ("config", "tokenizer")}
+        metadata = read_exported_header(path)
+        return path, {k: json_field(metadata, k, path) for k in ("config", "tokenizer", "ids")}
+    if is_hf_directory(path):
+        return path, hf_run_config(path)
+    step_dir = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
+    meta = read_meta(step_dir)
+    return step_dir, {"config": meta.get("config", {}), "tokenizer": meta.get("tokenizer", {}), "ids": {}}
+
+
+def read_tensors(where: pathlib.Path) -> dict[str, np.ndarray]:
+    """The portable tensors of what read_saved found."""
+    if where.suffix == ".safetensors":
+        return read_exported(where)[0]
+    if is_hf_directory(where):
+        return read_portable(where)[1]
     from llm_jax.checkpoint.export import read_checkpoint
 
-    step_dir, tensors, meta = read_checkpoint(path, step)
-    return step_dir, tensors, {"config": meta.get("config", {}), "tokenizer": meta.get("tokenizer", {})}
+    return read_checkpoint(where)[1]
+
+
+# What an export writes; a directory holding anything else is not replaced by --overwrite.
+EXPORTED = re.compile(r"^(config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|"
+                      r"model\.safetensors\.index\.json|tokenizer(_config)?\.json|tokenizer\.model|"
+                      r"special_tokens_map\.json)$")
+
+
+def check_out(out: pathlib.Path, source: pathlib.Path, overwrite: bool) -> None:
+    """Refuse an --out that would replace the source, or anything but an earlier export."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise HFError(f"--out={out} is or holds the source {source}; give a new directory")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise HFError(f"{out} exists; pass --overwrite to replace it, or give another directory")
+    others = sorted(p.name for p in out.iterdir() if not EXPORTED.match(p.name)) if out.is_dir() else [out.name]
+    if others:
+        raise HFError(f"--out={out} holds {', '.join(others[:3])}, which an export does not write; --overwrite only "
+                      "replaces an earlier export: give another directory")
 
 
 def _shards(tensors: dict[str, np.ndarray], limit: int) -> list[dict[str, np.ndarray]]:
@@ -99,37 +148,44 @@ def write_weights(directory: pathlib.Path, tensors: dict[str, np.ndarray], limit
 def export_hf(source: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None, dtype: str = "",
               max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
               tokenizer_path: str = "") -> tuple[str, pathlib.Path, list]:
-    """Write `source` as a Hugging Face directory `out` (a new directory; built beside it and renamed into place,
-    so a failure or kill leaves no half directory and an --overwrite replaces the old one only when done).
-    Returns the architecture, where the parameters were read, and the files written."""
+    """Write `source` as a Hugging Face directory `out` (a new directory, or with `overwrite` an earlier export;
+    built beside it and renamed into place, so a failure or kill leaves no half directory and the old one is
+    replaced only when the new one is complete). Everything that can be refused is checked before the tensors are
+    read. Returns the architecture, where the parameters were read, and the files written."""
     from llm_jax.hf.tokenizer_files import write_tokenizer
 
     out = pathlib.Path(out)
-    if out.exists() and not (overwrite and out.is_dir()):
-        raise HFError(f"{out} exists; pass --overwrite to replace it, or give another directory")
-    where, tensors, saved = read_source(source, step)
+    check_out(out, pathlib.Path(source), overwrite)
+    where, saved = read_saved(source, step)
+    check_out(out, where, overwrite)
     if not saved["config"].get("model"):
         raise HFError(f"{where} holds no model config; it was not written by `llm-jax train`, `export` or "
                       "`hf import`")
-    m = model_dict(saved["config"]["model"], tensors)
-    arch = choose_architecture(m)
-    try:
-        hf_tensors = dict(write_all(arch.table(m), tensors))
-    except KeyError as e:
-        raise HFError(f"{where}: {e.args[0]}") from None
-    if dtype:
-        hf_tensors = {k: v.astype(dtype) for k, v in hf_tensors.items()}
+    arch = choose_architecture(model_dict(saved["config"]["model"]))
     building = out.with_name(out.name + ".partial")
     shutil.rmtree(building, ignore_errors=True)  # a kill's leftover: never read, safe to replace
     building.mkdir(parents=True)
     try:
-        files = write_weights(building, hf_tensors, max_shard_bytes)
-        specials, tokenizer_files = write_tokenizer(building, saved["config"].get("data", {}), saved["tokenizer"],
-                                                   tokenizer_path)
+        if saved["tokenizer"]:
+            specials, files = write_tokenizer(building, saved["config"], saved["tokenizer"], tokenizer_path)
+        else:  # imported without tokenizer files: none to write, the source's own ids (if it named them) kept
+            specials, files = {k: v for k, v in saved["ids"].items() if isinstance(v, int)}, []
+        if saved["config"]["model"].get("family") != "encoder_decoder":
+            specials.pop("decoder_start_token_id", None)  # only an encoder-decoder's generate() reads it
+        tensors = read_tensors(where)
+        m = model_dict(saved["config"]["model"], tensors)
+        try:
+            hf_tensors = dict(write_all(arch.table(m), tensors))
+        except KeyError as e:
+            raise HFError(f"{where}: {e.args[0]}") from None
+        del tensors
+        if dtype:
+            hf_tensors = {k: v.astype(dtype) for k, v in hf_tensors.items()}
+        files = [*write_weights(building, hf_tensors, max_shard_bytes), *files]
         config = {**arch.hf_config(m), "architectures": [arch.ARCHITECTURE],
                   "dtype": str(next(iter(hf_tensors.values())).dtype), **specials}
         (building / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        files += ["config.json", *tokenizer_files]
+        files.append("config.json")
         if m["family"] != "encoder":  # what generate() reads: the ids that start, end and pad
             (building / "generation_config.json").write_text(json.dumps(specials, indent=2) + "\n")
             files.append("generation_config.json")
@@ -145,3 +201,4 @@ def export_hf(source: str | pathlib.Path, out: str | pathlib.Path, step: int | N
         shutil.rmtree(building, ignore_errors=True)
         raise
     return arch.ARCHITECTURE, where, files
+

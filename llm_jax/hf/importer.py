@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from llm_jax.hf import bert, gpt2, llama, qwen2, t5
-from llm_jax.hf.mapping import read_all
+from llm_jax.hf.mapping import converted, read_all
 
 ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": qwen2, "t5": t5}
 
@@ -27,8 +27,10 @@ def read_config(directory: pathlib.Path) -> dict:
         raise HFError(f"{directory} has no config.json: give a Hugging Face model directory (save_pretrained's)")
     try:
         hf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HFError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise HFError(f"{path} holds a JSON {type(hf).__name__}, not an object: not a Hugging Face config")
     if hf.get("model_type") not in ARCHITECTURES:
         raise HFError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported: "
                       f"{', '.join(sorted(ARCHITECTURES))}")
@@ -43,21 +45,33 @@ def _legacy(name: str) -> str | None:
     return None
 
 
+def _opened(path: pathlib.Path):
+    """A safetensors file opened for reading by name; a damaged one is an HFError naming it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(path, framework="numpy").__enter__()
+    except Exception as e:  # SafetensorError: truncated, empty or not a safetensors file
+        raise HFError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); download it "
+                      "again") from None
+
+
 def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None,
                   ) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
     """read(name) -> the array as stored (float32, bfloat16 or float16), from model.safetensors or the shards of
     its index, falling back to `aliases[name]` or a legacy LayerNorm name where the file lacks `name`; and close()."""
-    from safetensors import safe_open
-
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise HFError(f"{index} is not a safetensors index (no weight_map: {e})") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and pathlib.PurePath(v).name == v and v not in ("", "..")
+                for k, v in weight_map.items()):
+            raise HFError(f"{index}: weight_map must map tensor names to shard files inside {directory}")
     elif (directory / "model.safetensors").is_file():
-        with safe_open(directory / "model.safetensors", framework="numpy") as f:
-            weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        weight_map = {name: "model.safetensors" for name in _opened(directory / "model.safetensors").keys()}  # noqa: SIM118
     else:
         raise HFError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
     opened: dict[str, object] = {}
@@ -70,11 +84,14 @@ def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None
         if shard not in opened:
             if not (directory / shard).is_file():
                 raise HFError(f"{directory}: {shard}, which holds {stored!r}, is missing")
-            opened[shard] = safe_open(directory / shard, framework="numpy").__enter__()
-        array = opened[shard].get_tensor(stored)
+            opened[shard] = _opened(directory / shard)
+        try:
+            array = opened[shard].get_tensor(stored)
+        except Exception as e:  # the package's SafetensorError, also for a name the shard does not hold
+            raise HFError(f"{directory / shard}: cannot read {stored!r} ({str(e).splitlines()[0]})") from None
         if array.dtype.name not in ("float32", "bfloat16", "float16"):
-            raise HFError(f"{directory}: tensor {stored!r} is {array.dtype}, not a float (quantized files are not "
-                          "supported)")
+            raise HFError(f"{directory}: tensor {stored!r} is {array.dtype}; only float32, bfloat16 and float16 "
+                          "weights are read (quantized files are not supported)")
         return array
 
     def close() -> None:
@@ -84,6 +101,21 @@ def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None
     return read, close
 
 
+def _check_types(keys: dict) -> None:
+    """The translated keys have the types (and sizes the signs) llm_jax declares: a string where a number belongs is
+    named here, not found later as a shape that cannot be built."""
+    from llm_jax.config.base import base_config
+
+    declared = base_config().model
+    for k, v in keys.items():
+        want = type(declared[k])
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else type(v) is want
+        if not ok:
+            raise ValueError(f"the value for model.{k} is {v!r}, not {'a number' if want is float else want.__name__}")
+        if want is int and v <= 0:
+            raise ValueError(f"the value for model.{k} is {v}; sizes must be positive")
+
+
 def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, np.ndarray]], Callable[[], None]]:
     """(llm_jax model keys, the portable tensors one by one, close) of a Hugging Face model directory."""
     directory = pathlib.Path(directory)
@@ -91,8 +123,11 @@ def import_hf(directory: str | pathlib.Path) -> tuple[dict, Iterator[tuple[str, 
     arch = ARCHITECTURES[hf["model_type"]]
     try:
         keys = arch.model_keys(hf)
-    except (KeyError, TypeError, ValueError) as e:
-        raise HFError(f"{directory / 'config.json'}: {e if isinstance(e, ValueError) else f'no {e}'}") from None
+        _check_types(keys)
+    except KeyError as e:
+        raise HFError(f"{directory / 'config.json'}: no {e}") from None
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise HFError(f"{directory / 'config.json'}: {e}") from None
     read, close = tensor_reader(directory, getattr(arch, "ALIASES", None))
     try:
         if hasattr(arch, "check"):
@@ -120,8 +155,10 @@ def portable_source(directory: str | pathlib.Path,
 
     def read(name: str) -> np.ndarray:
         if name not in waiting:
-            t = by_name[name]
-            waiting.update(zip(t.ours, t.to_ours(hf_read(t.hf)), strict=True))
+            try:
+                waiting.update(converted(by_name[name], hf_read(by_name[name].hf)))
+            except ValueError as e:  # a shape config.json does not imply
+                raise HFError(f"{directory}: {e}") from None
         return waiting.pop(name)
 
     try:
@@ -130,27 +167,41 @@ def portable_source(directory: str | pathlib.Path,
         close()
 
 
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
 def hf_run_config(directory: str | pathlib.Path) -> dict:
-    """{'config': the llm_jax config keys a Hugging Face directory stands for (its model; its tokenizer.json, if it
-    has one), 'tokenizer': that tokenizer's identity ({} without one)}, after checking the config and tensors."""
+    """What a Hugging Face directory stands for in llm_jax: {'config': its model keys, tokenizer keys (its
+    tokenizer.json, else a SentencePiece tokenizer.model; none: the config's default) and a training length,
+    'tokenizer': that tokenizer's identity ({} without one), 'ids': config.json's special ids}, after checking the
+    config, the tensor names it needs and the tokenizer's files (no tensor data is read for an untied model)."""
+    from llm_jax.config.base import base_config
     from llm_jax.data.tokenizer import make_tokenizer
 
     directory = pathlib.Path(directory).absolute()
-    keys, _, close = import_hf(directory)  # reads no tensor data; checks the config and the tensor names it needs
+    keys, _, close = import_hf(directory)
     close()
-    from llm_jax.config.base import base_config
-
+    hf = read_config(directory)
     # The default training length, unless the model's positions end sooner.
-    config = {"model": keys, "model_preset": f"hf:{read_config(directory)['model_type']}",
+    config = {"model": keys, "model_preset": f"hf:{hf['model_type']}",
               "train": {"seq_len": min(base_config().train.seq_len, keys["max_seq_len"])}}
+    found = [(kind, path) for kind, path in (("hf", directory / "tokenizer.json"),
+                                             ("sentencepiece", directory / "tokenizer.model")) if path.is_file()]
     tokenizer = {}
-    if (directory / "tokenizer.json").is_file():
-        config["data"] = {"tokenizer": "hf", "tokenizer_path": str(directory)}
+    if found:
+        kind, path = found[0]
+        config["data"] = {"tokenizer": kind, "tokenizer_path": str(path if kind == "sentencepiece" else directory)}
         try:
-            tokenizer = make_tokenizer("hf", str(directory)).identity()
-        except ValueError as e:  # a ConfigError: e.g. no eos token named in the directory's files
-            raise HFError(str(e)) from None
-    return {"config": config, "tokenizer": tokenizer}
+            made = make_tokenizer(kind, config["data"]["tokenizer_path"])
+            tokenizer = made.identity()
+        except Exception as e:  # ConfigError (no eos named), or the tokenizer library's own parse error
+            why = str(e).splitlines()[0] if str(e) else repr(e)
+            raise HFError(f"{path}: the tokenizer cannot be read ({why})") from None
+        if made.vocab_size > keys["vocab_size"]:
+            raise HFError(f"{path} has {made.vocab_size} tokens, more than the model's vocab_size "
+                          f"{keys['vocab_size']} in config.json: they do not belong together")
+    ids = {k: hf[k] for k in SPECIAL_IDS if type(hf.get(k)) is int}
+    return {"config": config, "tokenizer": tokenizer, "ids": ids}
 
 
 def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -159,6 +210,10 @@ def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.nda
     keys, tensors, close = import_hf(directory)
     try:
         return keys, dict(tensors)
+    except HFError:
+        raise
+    except ValueError as e:  # a shape config.json does not imply
+        raise HFError(f"{directory}: {e}") from None
     finally:
         close()
 
@@ -170,10 +225,15 @@ def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tupl
     number of parameters."""
     from llm_jax.checkpoint import safetensors as st
 
-    directory = pathlib.Path(directory).absolute()
+    directory, out = pathlib.Path(directory).absolute(), pathlib.Path(out).absolute()
+    if directory.resolve() in out.resolve().parents:
+        raise HFError(f"--out={out} is inside the directory being imported; write it elsewhere")
+    if not out.parent.is_dir():
+        raise HFError(f"--out={out}: the directory {out.parent} does not exist")
     saved = hf_run_config(directory)
     keys, portable = read_portable(directory)
     metadata = {"format": "llm_jax", "step": "", "config": json.dumps(saved["config"]),
-                "tokenizer": json.dumps(saved["tokenizer"]), "source": str(directory)}
+                "tokenizer": json.dumps(saved["tokenizer"]), "ids": json.dumps(saved["ids"]),
+                "source": str(directory)}
     st.write(out, portable, metadata)
     return keys, sum(int(np.prod(a.shape)) for a in portable.values())

@@ -14,6 +14,9 @@ def model_keys(hf: dict) -> dict:
     return {**llama.model_keys({**hf, "attention_bias": False}), "qkv_bias": True}
 
 
+check = llama.check
+
+
 def hf_config(m: dict) -> dict:
     """The config.json fields that model_keys reads back as `m`."""
     config = {**llama.hf_config(m), "model_type": "qwen2", "use_sliding_window": False}

@@ -74,25 +74,26 @@ def _attention(hf: str, ours: str, m: dict) -> list[Tensor]:
 def _stack(stack: str, layers: int, m: dict) -> list[Tensor]:
     """One stack's blocks: layer.0 self-attention, (decoder) layer.1 cross-attention, then the MLP."""
     D, F = m["d_model"], m["mlp_dim"]
-    out = [same(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{stack}.relative_bias")]
+    out = [same(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{stack}.relative_bias",
+                (m["relative_buckets"], m["num_heads"]))]
     for i in range(layers):
         hf, ours = f"{stack}.block.{i}.layer", f"{stack}.layers.{i}"
         out += [*_attention(f"{hf}.0.SelfAttention", f"{ours}.attn", m),
-                same(f"{hf}.0.layer_norm.weight", f"{ours}.attn_norm.scale")]
+                same(f"{hf}.0.layer_norm.weight", f"{ours}.attn_norm.scale", (D,))]
         ff = 1
         if stack == "decoder":
             out += [*_attention(f"{hf}.1.EncDecAttention", f"{ours}.cross", m),
-                    same(f"{hf}.1.layer_norm.weight", f"{ours}.cross_norm.scale")]
+                    same(f"{hf}.1.layer_norm.weight", f"{ours}.cross_norm.scale", (D,))]
             ff = 2
         out += [linear(f"{hf}.{ff}.DenseReluDense.wi_0.weight", f"{ours}.mlp.wi_gate", (D,), (F,)),
                 linear(f"{hf}.{ff}.DenseReluDense.wi_1.weight", f"{ours}.mlp.wi_up", (D,), (F,)),
                 linear(f"{hf}.{ff}.DenseReluDense.wo.weight", f"{ours}.mlp.wo", (F,), (D,)),
-                same(f"{hf}.{ff}.layer_norm.weight", f"{ours}.mlp_norm.scale")]
-    return [*out, same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale")]
+                same(f"{hf}.{ff}.layer_norm.weight", f"{ours}.mlp_norm.scale", (D,))]
+    return [*out, same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale", (D,))]
 
 
 def table(m: dict) -> list[Tensor]:
-    out = [same("shared.weight", "embedding")]
+    out = [same("shared.weight", "embedding", (m["vocab_size"], m["d_model"]))]
     if not m["tie_embeddings"]:
         out.append(linear("lm_head.weight", "unembed", (m["d_model"],), (m["vocab_size"],)))
     return out + _stack("encoder", m["num_layers"], m) + _stack("decoder", m["num_decoder_layers"], m)

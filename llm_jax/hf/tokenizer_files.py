@@ -13,6 +13,7 @@ import json
 import pathlib
 import shutil
 
+from llm_jax.data.specials import SENTINEL
 from llm_jax.data.tokenizer import SPECIAL_TOKENS, ByteTokenizer, Tokenizer, make_tokenizer
 from llm_jax.hf.importer import HFError
 
@@ -27,18 +28,36 @@ def bytes_to_unicode() -> dict[int, str]:
     return {b: chr(b) if b in kept else chr(next(extra)) for b in range(256)}
 
 
-def byte_tokenizer_json() -> str:
+def byte_tokenizer_json(extra: dict[int, str]) -> str:
+    """llm_jax's byte tokenizer as a tokenizer.json, with the run's `extra` special tokens (id -> name) after it."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
     vocab = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
     vocab.update({char: b + ByteTokenizer.offset for b, char in bytes_to_unicode().items()})
+    vocab.update({name: i for i, name in sorted(extra.items())})
     tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens([*SPECIAL_TOKENS, *(name for _, name in sorted(extra.items()))])
     tok.encode_special_tokens = True  # "<eos>" typed in text is five bytes, as llm_jax's byte tokenizer reads it
     return tok.to_str()
+
+
+def extra_tokens(config: dict, tokenizer: Tokenizer) -> dict[int, str]:
+    """The ids the run's objective added after the tokenizer's, by name: [MASK] (masked LM) and <extra_id_N>
+    (span corruption), so that the exported tokenizer knows them."""
+    from llm_jax.config.load import ConfigError, config_from_saved
+    from llm_jax.objectives import make_objective
+
+    try:
+        objective = make_objective(config_from_saved(config)[0], tokenizer)
+    except ConfigError:
+        return {}  # a config this version cannot rebuild: only the tokenizer's own tokens
+    extra = {int(i): SENTINEL.format(n) for n, i in enumerate(objective.sentinel_ids)}
+    if getattr(objective, "mask_id", None) is not None:
+        extra[int(objective.mask_id)] = "[MASK]"
+    return {i: name for i, name in extra.items() if i >= tokenizer.vocab_size}
 
 
 def _special_names(tokenizer: Tokenizer) -> dict[str, str]:
@@ -64,10 +83,11 @@ def _tokenizer(data: dict, identity: dict, tokenizer_path: str) -> Tokenizer:
     return tokenizer
 
 
-def write_tokenizer(directory: pathlib.Path, data: dict, identity: dict, tokenizer_path: str = "",
+def write_tokenizer(directory: pathlib.Path, config: dict, identity: dict, tokenizer_path: str = "",
                     ) -> tuple[dict[str, int], list[str]]:
-    """Write the tokenizer's files into `directory`; return the ids config.json and generation_config.json carry
-    (bos/eos/pad, and the decoder's first token) and the files written."""
+    """Write the tokenizer of a run's saved `config` into `directory`; return the ids config.json and
+    generation_config.json carry (bos/eos/pad, and the decoder's first token) and the files written."""
+    data = config.get("data", {})
     tokenizer = _tokenizer(data, identity, tokenizer_path)
     s = tokenizer.specials
     ids = {"bos_token_id": s.bos if s.has_bos else None, "eos_token_id": s.eos, "pad_token_id": s.pad,
@@ -77,18 +97,28 @@ def write_tokenizer(directory: pathlib.Path, data: dict, identity: dict, tokeniz
         for f in files:
             shutil.copyfile(tokenizer.path.parent / f, directory / f)
         return ids, files
+    extra = extra_tokens(config, tokenizer)
     names = _special_names(tokenizer)
-    config = dict(names)
+    if "[MASK]" in extra.values():
+        names["mask_token"] = "[MASK]"
+    sentinels = [name for _, name in sorted(extra.items()) if name != "[MASK]"]
+    if sentinels:
+        names["additional_special_tokens"] = sentinels
+    settings = dict(names)
     if tokenizer.kind == "byte":
-        (directory / "tokenizer.json").write_text(byte_tokenizer_json())
-        config.update(tokenizer_class="PreTrainedTokenizerFast", split_special_tokens=True)
+        (directory / "tokenizer.json").write_text(byte_tokenizer_json(extra))
+        settings.update(tokenizer_class="PreTrainedTokenizerFast", split_special_tokens=True)
         files = ["tokenizer.json"]
     else:
         shutil.copyfile(tokenizer.model_path, directory / "tokenizer.model")
-        # transformers' LlamaTokenizer reads any SentencePiece model as it is, given no prefix space of its own.
-        config.update(tokenizer_class="LlamaTokenizer", legacy=False, add_prefix_space=False, add_bos_token=False,
-                      add_eos_token=False, split_special_tokens=True)
+        # transformers' LlamaTokenizer reads any SentencePiece model as it is, given no prefix space of its own;
+        # the objective's extra ids follow the model's own pieces, as transformers adds tokens.
+        settings.update(tokenizer_class="LlamaTokenizer", legacy=False, add_prefix_space=False,
+                        add_bos_token=False, add_eos_token=False, split_special_tokens=True,
+                        added_tokens_decoder={str(i): {"content": name, "special": True, "lstrip": False,
+                                                       "rstrip": False, "normalized": False, "single_word": False}
+                                              for i, name in sorted(extra.items())})
         files = ["tokenizer.model"]
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     (directory / "special_tokens_map.json").write_text(json.dumps(names, indent=2) + "\n")
     return ids, [*files, "tokenizer_config.json", "special_tokens_map.json"]
