@@ -179,18 +179,24 @@ def sample_command(argv: list[str]) -> int:
             parser.error(f"{flag} must be >= {1 if flag == '--num-samples' else 0}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error("--top-p must be in (0, 1]")
+    from llm_jax.checkpoint.params import CheckpointError
+    from llm_jax.objectives import make_objective
+    from llm_jax.train.hooks import CONTINUATIONS, continue_prompts, first_sentinel
+    from llm_jax.train.inference import saved_config
+
+    try:  # the family first, from the config alone: a model that cannot generate is refused before it loads
+        family = saved_config(pathlib.Path(args.workdir), args.step)[1].get("model", {}).get("family", "decoder")
+    except CheckpointError:
+        family = "decoder"  # load_trained names what is wrong
+    if family not in CONTINUATIONS:
+        print(f"error: {args.workdir} is a model.family={family!r} model, which does not generate text (it fills in "
+              "masked tokens; `llm-jax eval` measures it); sample needs a decoder or encoder_decoder model",
+              file=sys.stderr)
+        return 2
     trained = load_trained_or_none(args, argv, check_data=False)
     if trained is None:
         return 2
-
-    from llm_jax.objectives import make_objective
-    from llm_jax.train.hooks import CONTINUATIONS, continue_prompts, first_sentinel
-
-    s, tok, family = trained.cfg.sample, trained.tokenizer, trained.cfg.model.family
-    if family not in CONTINUATIONS:
-        print(f"error: {trained.source} is a model.family={family!r} model, which does not generate text (it fills "
-              "in masked tokens; see samples.txt of its run); sample needs a decoder or encoder_decoder model")
-        return 2
+    s, tok = trained.cfg.sample, trained.tokenizer
     prompts = [p for p in (args.prompt or [s.prompt]) for _ in range(args.num_samples)]
     pick = lambda flag, default: default if flag is None else flag
     sentinel = first_sentinel(make_objective(trained.cfg, tok))  # where an encoder-decoder writes the continuation

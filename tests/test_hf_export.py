@@ -23,15 +23,16 @@ from tests.test_hf_parity import VOCAB, L, _built
 
 AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama31": transformers.AutoModelForCausalLM,
         "qwen2": transformers.AutoModelForCausalLM,
-        "bert": transformers.AutoModelForMaskedLM, "t5": transformers.AutoModelForSeq2SeqLM}
+        "bert": transformers.AutoModelForMaskedLM, "t5": transformers.AutoModelForSeq2SeqLM,
+        "t5_relu": transformers.AutoModelForSeq2SeqLM}
 TEXT = "Grüße, 世界! naïve café 🙂🚀\tend  of\nline <eos> ½"
 
 
 def _hf_model(kind: str):
     if kind == "bert":
         return test_hf_bert._hf_bert(tied=False)
-    if kind == "t5":
-        return test_hf_t5._hf_model("untied")
+    if kind.startswith("t5"):  # T5 v1.1 (gated GELU, a head of its own), or the original (ReLU, tied and scaled)
+        return test_hf_t5._hf_model("untied" if kind == "t5" else "relu")
     return test_hf_parity._hf_model(kind)
 
 
@@ -42,10 +43,10 @@ def _logits(kind: str, model_or_hf, params=None) -> np.ndarray:
     ones, pos = np.ones_like(tokens_BL), np.broadcast_to(np.arange(L), tokens_BL.shape)
     if params is None:
         with torch.no_grad():
-            if kind == "t5":
+            if kind.startswith("t5"):
                 return test_hf_t5._reference(model_or_hf, tokens_BL, dec_BT)
             return model_or_hf(torch.tensor(tokens_BL)).logits.numpy()
-    if kind == "t5":
+    if kind.startswith("t5"):
         dec_pos = np.broadcast_to(np.arange(12), dec_BT.shape)
         return test_hf_t5._logits(model_or_hf, params, tokens_BL, ones, pos, dec_BT, np.ones_like(dec_BT), dec_pos)
     if kind == "bert":
@@ -53,7 +54,7 @@ def _logits(kind: str, model_or_hf, params=None) -> np.ndarray:
     return np.asarray(model_or_hf.apply({"params": params}, tokens_BL, ones, pos))
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama31", "qwen2", "bert", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama31", "qwen2", "bert", "t5", "t5_relu"])
 def test_import_export_round_trip_is_bitwise_and_own_weights_load_in_transformers(kind, tmp_path):
     src, imported = tmp_path / "hf", tmp_path / "imported.safetensors"
     _hf_model(kind).save_pretrained(src)

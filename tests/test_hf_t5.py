@@ -18,11 +18,12 @@ TOLERANCE = 1e-4
 def _hf_model(kind: str) -> transformers.T5ForConditionalGeneration:
     """"untied": T5 v1.1 as published (a head of its own, unscaled); "shared": v1.1's config whose head is the
     shared embedding (what transformers 5 builds for tie_word_embeddings=False); "tied": T5 v1.0 (scaled);
-    "silu": "untied" with SiLU-gated MLPs."""
+    "silu": "untied" with SiLU-gated MLPs; "relu": the original T5 (ReLU MLPs, scaled tied head)."""
     torch.manual_seed(0)
+    mlp = {"silu": "gated-silu", "relu": "relu"}.get(kind, "gated-gelu")
     cfg = transformers.T5Config(d_model=D, d_ff=96, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2,
-                                vocab_size=VOCAB, feed_forward_proj="gated-silu" if kind == "silu" else "gated-gelu",
-                                tie_word_embeddings=kind == "tied",
+                                vocab_size=VOCAB, feed_forward_proj=mlp,
+                                tie_word_embeddings=kind in ("tied", "relu"),
                                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
                                 dropout_rate=0.0)
     model = transformers.T5ForConditionalGeneration(cfg)
@@ -45,13 +46,14 @@ def _reference(hf, enc_BL: np.ndarray, dec_BT: np.ndarray) -> np.ndarray:
         return hf(input_ids=torch.tensor(enc_BL), decoder_input_ids=torch.tensor(dec_BT)).logits.numpy()
 
 
-@pytest.mark.parametrize("kind", ["untied", "shared", "tied", "silu"])
+@pytest.mark.parametrize("kind", ["untied", "shared", "tied", "silu", "relu"])
 def test_imported_t5_logits_equal_transformers(kind, tmp_path):
     _hf_model(kind).save_pretrained(tmp_path)
     # The reference is transformers' own reading of the directory, so both sides interpret the same files.
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     head_is_embedding = torch.equal(hf.lm_head.weight, hf.shared.weight)
-    assert (head_is_embedding, hf.config.scale_decoder_outputs) == (kind in ("shared", "tied"), kind == "tied")
+    assert (head_is_embedding, hf.config.scale_decoder_outputs) == (kind in ("shared", "tied", "relu"),
+                                                                     kind in ("tied", "relu"))
     model, params = _imported(tmp_path, L)
 
     rng = np.random.default_rng(0)
@@ -82,7 +84,7 @@ def test_t5_without_a_counterpart_is_refused(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="has an lm_head of its own"):
         read_portable(tmp_path)
-    # The original T5's relu MLP.
-    transformers.T5Config(d_model=D, num_heads=4, vocab_size=VOCAB, feed_forward_proj="relu").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="feed_forward_proj 'relu' is not supported"):
+    # An MLP kind llm_jax does not have.
+    transformers.T5Config(d_model=D, num_heads=4, vocab_size=VOCAB, feed_forward_proj="gelu").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="feed_forward_proj 'gelu' is not supported"):
         import_hf(tmp_path)

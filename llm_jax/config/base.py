@@ -66,7 +66,8 @@ def _schema() -> Section:
     m.rope_high_freq_factor = key(4.0, "llama3: wavelengths below original_max_len / this are kept", gt=0)
     m.rope_original_max_len = key(8192, "llama3: the context length the model was first trained for", gt=0)
     m.mlp = key("swiglu", "MLP kind: swiglu (Llama) | geglu (T5 v1.1) | gelu (tanh approximation, GPT-2) | "
-                          "gelu_exact (erf, BERT)", ("swiglu", "geglu", "gelu", "gelu_exact"))
+                          "gelu_exact (erf, BERT) | relu (the original T5)", ("swiglu", "geglu", "gelu", "gelu_exact",
+                                                                              "relu"))
     m.tie_embeddings = key(True, "the output projection is the transposed input embedding")
     m.qk_norm = key(False, "normalise queries and keys before attention")
     m.init_std = key(0.02, "standard deviation of the initial weights", gt=0)

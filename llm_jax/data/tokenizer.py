@@ -165,13 +165,23 @@ def make_tokenizer(name: str, path: str = "") -> Tokenizer:
     if name == "byte":
         return ByteTokenizer()
     if name == "hf":
+        from llm_jax.config.load import ConfigError
+
         file = pathlib.Path(path) / "tokenizer.json" if path and pathlib.Path(path).is_dir() else pathlib.Path(path)
         if not path or not file.is_file():
-            from llm_jax.config.load import ConfigError
-
-            raise ConfigError(f"data.tokenizer_path={path!r} is not a tokenizer.json (or a directory with one); "
-                              "data.tokenizer=hf reads a Hugging Face tokenizer")
-        return HFTokenizer(file)
+            gone = " (it does not exist: moved or deleted?)" if path and not pathlib.Path(path).exists() else ""
+            raise ConfigError(f"data.tokenizer_path={path!r} is not a tokenizer.json (or a directory with one)"
+                              f"{gone}; data.tokenizer=hf reads a Hugging Face tokenizer: give its place with "
+                              "--config.data.tokenizer_path=DIR")
+        try:
+            return HFTokenizer(file)
+        except ConfigError:
+            raise
+        except Exception as e:  # the tokenizers library's parse error, bad JSON in its config files, not UTF-8
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"data.tokenizer_path={path!r}: {file} (or the tokenizer_config.json / "
+                              f"special_tokens_map.json beside it) is not a readable Hugging Face tokenizer ({why})"
+                              ) from None
     if name == "sentencepiece":
         if not path or not pathlib.Path(path).is_file():
             from llm_jax.config.load import ConfigError

@@ -1,4 +1,5 @@
-"""T5 (v1.1 and v1.0 layouts) -> the encoder_decoder family: RMSNorm without biases, gated MLPs, one relative
+"""T5 (v1.1, and the original T5 / v1.0) -> the encoder_decoder family: RMSNorm without biases, gated MLPs (v1.1) or
+ReLU ones (the original), one relative
 position bias table per stack, unscaled attention scores, one embedding shared by both stacks.
 
 Hugging Face stores linears as [out, in] and each stack's bias table [buckets, heads] in its block 0 only (the
@@ -17,7 +18,7 @@ from llm_jax.hf.mapping import Read, Tensor, linear, same
 
 ARCHITECTURE = "T5ForConditionalGeneration"
 # feed_forward_proj -> model.mlp; "gated-gelu" is the tanh approximation (gelu_new), which geglu uses.
-_MLPS = {"gated-gelu": "geglu", "gated-gelu_new": "geglu", "gated-silu": "swiglu"}
+_MLPS = {"gated-gelu": "geglu", "gated-gelu_new": "geglu", "gated-silu": "swiglu", "relu": "relu"}
 # Where a file lacks a tensor, the one transformers uses in its place.
 ALIASES = {"lm_head.weight": "shared.weight"}
 
@@ -29,8 +30,7 @@ def _scaled_head(hf: dict) -> bool:
 def model_keys(hf: dict) -> dict:
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in _MLPS:
-        raise ValueError(f"T5 feed_forward_proj {proj!r} is not supported (only {', '.join(_MLPS)}: T5 v1.1's "
-                         f"gated MLPs; the original T5's relu MLP has no model.mlp counterpart)")
+        raise ValueError(f"T5 feed_forward_proj {proj!r} is not supported (only {', '.join(_MLPS)})")
     H = hf["num_heads"]
     # The encoder_decoder family scales the decoder output exactly when the head is the shared embedding, which is
     # T5 v1.0; an unscaled head (v1.1) is imported as its own `unembed`, even when it equals the embedding.
@@ -52,7 +52,7 @@ def hf_config(m: dict) -> dict:
             "n_positions": m["max_seq_len"], "vocab_size": m["vocab_size"], "layer_norm_epsilon": m["norm_eps"],
             "relative_attention_num_buckets": m["relative_buckets"],
             "relative_attention_max_distance": m["relative_max_distance"],
-            "feed_forward_proj": {"geglu": "gated-gelu", "swiglu": "gated-silu"}.get(m["mlp"], m["mlp"]),
+            "feed_forward_proj": {v: k for k, v in reversed(_MLPS.items())}.get(m["mlp"], m["mlp"]),
             "tie_word_embeddings": m["tie_embeddings"], "scale_decoder_outputs": m["tie_embeddings"],
             "is_encoder_decoder": True}
 
@@ -85,9 +85,12 @@ def _stack(stack: str, layers: int, m: dict) -> list[Tensor]:
             out += [*_attention(f"{hf}.1.EncDecAttention", f"{ours}.cross", m),
                     same(f"{hf}.1.layer_norm.weight", f"{ours}.cross_norm.scale", (D,))]
             ff = 2
-        out += [linear(f"{hf}.{ff}.DenseReluDense.wi_0.weight", f"{ours}.mlp.wi_gate", (D,), (F,)),
-                linear(f"{hf}.{ff}.DenseReluDense.wi_1.weight", f"{ours}.mlp.wi_up", (D,), (F,)),
-                linear(f"{hf}.{ff}.DenseReluDense.wo.weight", f"{ours}.mlp.wo", (F,), (D,)),
+        if m["mlp"] == "relu":  # the original T5: one input projection
+            out.append(linear(f"{hf}.{ff}.DenseReluDense.wi.weight", f"{ours}.mlp.wi", (D,), (F,)))
+        else:
+            out += [linear(f"{hf}.{ff}.DenseReluDense.wi_0.weight", f"{ours}.mlp.wi_gate", (D,), (F,)),
+                    linear(f"{hf}.{ff}.DenseReluDense.wi_1.weight", f"{ours}.mlp.wi_up", (D,), (F,))]
+        out += [linear(f"{hf}.{ff}.DenseReluDense.wo.weight", f"{ours}.mlp.wo", (F,), (D,)),
                 same(f"{hf}.{ff}.layer_norm.weight", f"{ours}.mlp_norm.scale", (D,))]
     return [*out, same(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.scale", (D,))]
 

@@ -212,7 +212,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Feed-forward: gated (SwiGLU as in Llama, GeGLU as in T5 v1.1) or plain GELU (GPT-2's tanh form, BERT's erf)."""
+    """Feed-forward: gated (SwiGLU as in Llama, GeGLU as in T5 v1.1) or plain (GELU: GPT-2's tanh form, BERT's erf;
+    ReLU: the original T5)."""
 
     cfg: FrozenConfigDict
 
@@ -229,6 +230,8 @@ class Mlp(nn.Module):
         if c.mlp in ("swiglu", "geglu"):
             act = jax.nn.silu if c.mlp == "swiglu" else jax.nn.gelu
             h_BLF = act(project("wi_gate")) * project("wi_up")
+        elif c.mlp == "relu":
+            h_BLF = jax.nn.relu(project("wi"))
         else:
             h_BLF = jax.nn.gelu(project("wi"), approximate=c.mlp == "gelu")
         h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))

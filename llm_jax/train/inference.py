@@ -46,6 +46,8 @@ class Trained:
 
 def saved_config(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
     """The checkpoint step directory (or exported file) that `path` and `step` name, and the config it holds."""
+    if step is not None and (path.suffix == ".safetensors" or is_hf_directory(path)):
+        raise CheckpointError(f"--step is for a run's workdir; {path} holds one set of parameters")
     if path.suffix == ".safetensors":
         return path, exported_config(path)
     if is_hf_directory(path):
