@@ -74,7 +74,7 @@ def _hf_import(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if out.is_file() and not args.overwrite:
         parser.error(f"--out={out} exists; pass --overwrite to replace it, or give another name")
 
-    from llm_jax.hf.importer import HFError, write_import
+    from llm_jax.hf.importer import HFError, unused_tensors, write_import
 
     start = time.perf_counter()
     try:
@@ -82,6 +82,10 @@ def _hf_import(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except HFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    unused = unused_tensors(args.source)
+    if unused:
+        print(f"note: {len(unused)} tensors of {args.source} are not imported (config.json does not use them, or "
+              f"llm_jax has no place for them): {', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}")
     use = (f"eval with `llm-jax eval --workdir={out}`" if keys["family"] == "encoder" else
            f"sample with `llm-jax sample --workdir={out}`")
     print(f"wrote {out}: {keys['family']} model, {count:,} parameters, in {time.perf_counter() - start:.1f} s | "

@@ -166,3 +166,12 @@ def test_import_refuses_to_write_inside_the_source(llama_dir, tmp_path, capsys):
     assert main(["hf", "import", f"--from={directory}", f"--out={out}", "--overwrite"]) == 2
     assert "inside the directory being imported" in capsys.readouterr().err
     assert (directory / "model.safetensors").read_bytes() == before
+
+
+def test_tensors_the_import_leaves_out_are_named(llama_dir, tmp_path, capsys):
+    directory = tmp_path / "model"
+    shutil.copytree(llama_dir, directory)
+    _edit_tensors(directory, **{"model.layers.1.mlp.up_proj.weight": np.zeros((96, 64), np.float32)})
+    assert main(["hf", "import", f"--from={directory}", f"--out={tmp_path / 'x.safetensors'}"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 tensors of" in out and "model.layers.1.mlp.up_proj.weight" in out, out

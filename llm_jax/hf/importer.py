@@ -56,10 +56,8 @@ def _opened(path: pathlib.Path):
                       "again") from None
 
 
-def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None,
-                  ) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
-    """read(name) -> the array as stored (float32, bfloat16 or float16), from model.safetensors or the shards of
-    its index, falling back to `aliases[name]` or a legacy LayerNorm name where the file lacks `name`; and close()."""
+def _weight_map(directory: pathlib.Path) -> dict[str, str]:
+    """Tensor name -> the file in `directory` holding it (model.safetensors, or the shards its index lists)."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -71,9 +69,19 @@ def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None
                 for k, v in weight_map.items()):
             raise HFError(f"{index}: weight_map must map tensor names to shard files inside {directory}")
     elif (directory / "model.safetensors").is_file():
-        weight_map = {name: "model.safetensors" for name in _opened(directory / "model.safetensors").keys()}  # noqa: SIM118
+        f = _opened(directory / "model.safetensors")
+        weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        f.__exit__(None, None, None)
     else:
         raise HFError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
+    return weight_map
+
+
+def tensor_reader(directory: pathlib.Path, aliases: dict[str, str] | None = None,
+                  ) -> tuple[Callable[[str], np.ndarray], Callable[[], None]]:
+    """read(name) -> the array as stored (float32, bfloat16 or float16), from model.safetensors or the shards of
+    its index, falling back to `aliases[name]` or a legacy LayerNorm name where the file lacks `name`; and close()."""
+    weight_map = _weight_map(directory)
     opened: dict[str, object] = {}
 
     def read(name: str) -> np.ndarray:
@@ -216,6 +224,18 @@ def read_portable(directory: str | pathlib.Path) -> tuple[dict, dict[str, np.nda
         raise HFError(f"{directory}: {e}") from None
     finally:
         close()
+
+
+def unused_tensors(directory: str | pathlib.Path) -> list[str]:
+    """Tensors of the directory that the import leaves out: a checkpoint with more layers than config.json says,
+    or heads llm_jax has no place for (BERT's pooler and next-sentence head, tied copies of the embedding)."""
+    directory = pathlib.Path(directory)
+    arch = ARCHITECTURES[read_config(directory)["model_type"]]
+    aliases = getattr(arch, "ALIASES", {})
+    used = set()
+    for t in arch.table(arch.model_keys(read_config(directory))):
+        used |= {t.hf, aliases.get(t.hf), _legacy(t.hf)}
+    return sorted(name for name in _weight_map(directory) if name not in used)
 
 
 def write_import(directory: str | pathlib.Path, out: str | pathlib.Path) -> tuple[dict, int]:
