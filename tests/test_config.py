@@ -173,7 +173,7 @@ def test_seq_len_above_max_seq_len():
 @pytest.mark.parametrize("override, key", [
     ("model.norm=batchnorm", "model.norm"),
     ("model.positions=alibi", "model.positions"),
-    ("model.mlp=relu", "model.mlp"),
+    ("model.mlp=tanh", "model.mlp"),
     ("model.remat=some", "model.remat"),
     ("optimizer.schedule=step", "optimizer.schedule"),
 ])
