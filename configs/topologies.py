@@ -35,7 +35,9 @@ TPU_LIBTPU_ARGS = " ".join([
 MULTISLICE_LIBTPU_ARGS = TPU_LIBTPU_ARGS + " --xla_tpu_enable_data_parallel_all_reduce_opt=true " \
     "--xla_tpu_data_parallel_opt_different_sized_ops=true"
 
-ACCELERATOR = {"model.dtype": "bfloat16", "model.param_dtype": "float32"}  # bf16 compute, f32 master weights
+# bf16 compute, f32 master weights; compiled programs kept across runs (restarts and sweeps skip compiling).
+ACCELERATOR = {"model.dtype": "bfloat16", "model.param_dtype": "float32",
+               "runtime.compilation_cache_dir": "~/.cache/llm_jax/compilation"}
 
 PRESETS = {
     # One CPU device: the laptop / CI default.

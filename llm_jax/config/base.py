@@ -94,6 +94,10 @@ def _schema() -> Section:
     r.num_cpu_devices = key(0, ">0: split the host CPU into this many devices (tests, mesh rehearsal)", ge=0)
     r.xla_flags = key("", "added to XLA_FLAGS before JAX starts (topology presets set the recommended ones)")
     r.libtpu_init_args = key("", "added to LIBTPU_INIT_ARGS before JAX starts (TPU compiler flags)")
+    # A restarted job, a resumed run or a sweep's next variant compiles the same programs again: minutes at scale.
+    r.compilation_cache_dir = key("", "persistent compilation cache: compiled programs are kept in this directory "
+                                      "(~ expanded; a gs:// path works on TPU VMs) and reused by later runs; '': off")
+    r.compilation_cache_min_compile_s = key(1.0, "only programs that took this long to compile are kept", ge=0)
     # Multi-process (multi-host) runs: jax.distributed. auto: start it when JAX recognises a cluster (SLURM job,
     # TPU VM pod, Kubernetes indexed job, Open MPI) or a coordinator is given; on: always; off: one process.
     r.distributed = key("auto", "start jax.distributed (multi-process)", ("auto", "on", "off"))

@@ -72,6 +72,10 @@ def init_runtime(cfg: ml_collections.ConfigDict) -> None:
     r = cfg.runtime
     _add_flags("XLA_FLAGS", r.xla_flags)
     _add_flags("LIBTPU_INIT_ARGS", r.libtpu_init_args)
+    if r.compilation_cache_dir:
+        where = r.compilation_cache_dir
+        jax.config.update("jax_compilation_cache_dir", where if "://" in where else os.path.expanduser(where))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(r.compilation_cache_min_compile_s))
     init_distributed(r)
     n = r.num_cpu_devices
     if n <= 0:
