@@ -66,9 +66,9 @@ def _arrangement(names: set[str], abstract, where: str) -> dict[str, list[str]]:
     """For each of the model's flat parameter names, the portable names it is made of (a scanned stack: one per
     layer, stacked in order); a CheckpointError naming what only the file or only the model has."""
     out, left, problems = {}, set(names), []
-    for name in _flat(abstract):
+    for name, target in _flat(abstract).items():
         if stacked := _stacked(name):
-            keys = [f"{stacked[0]}{i}.{stacked[1]}" for i in range(_flat(abstract)[name].shape[0])]
+            keys = [f"{stacked[0]}{i}.{stacked[1]}" for i in range(target.shape[0])]
         else:
             keys = [_unrolled(name)]
         missing = [k for k in keys if k not in left]
@@ -279,9 +279,30 @@ def read_exported_header(path: pathlib.Path) -> dict[str, str]:
         raise CheckpointError(str(e)) from None
 
 
-def exported_config(path: pathlib.Path) -> dict:
-    """The run config an exported file carries in its metadata ({} when none), from its validated header."""
-    return json_field(read_exported_header(path), "config", path)
+def saved_meta(path: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, dict]:
+    """Where the parameters of `path` are, and {'config', 'tokenizer', 'ids'}: the run config, tokenizer identity
+    and (a file imported without a tokenizer) the source's special ids. `path`: a run's workdir (its latest
+    checkpoint, or `step`'s), a checkpoints/<step> directory, a parameter file or a Hugging Face model directory.
+    Only metadata is read."""
+    path = pathlib.Path(path)
+    if step is not None and (path.suffix == ".safetensors" or is_hf_directory(path)):
+        raise CheckpointError(f"--step is for a run's workdir; {path} holds one set of parameters")
+    if path.suffix == ".safetensors":
+        metadata = read_exported_header(path)
+        return path, {k: json_field(metadata, k, path) for k in ("config", "tokenizer", "ids")}
+    if is_hf_directory(path):
+        from llm_jax.hf.importer import HFError, hf_run_config
+
+        try:
+            return path, hf_run_config(path)
+        except HFError as e:
+            raise CheckpointError(str(e)) from None
+    step_dir = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
+    meta = read_meta(step_dir)
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError(f"{step_dir}: the saved config is not a JSON object; this is not a checkpoint of "
+                              "`llm-jax train`")
+    return step_dir, {"config": meta.get("config", {}), "tokenizer": meta.get("tokenizer", {}), "ids": {}}
 
 
 def read_exported(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -35,26 +35,6 @@ def _damaged(path: pathlib.Path, e: Exception) -> SafetensorsError:
                             "`llm-jax export`")
 
 
-def read_header(path: str | pathlib.Path) -> dict[str, str]:
-    """The file's metadata, after the package has validated its whole header (no tensor data is read)."""
-    path = pathlib.Path(path)
-    try:
-        with safe_open(path, framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as e:
-        raise _damaged(path, e) from None
-
-
-def read(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors by name, metadata); a damaged or crafted file raises SafetensorsError."""
-    path = pathlib.Path(path)
-    try:
-        with safe_open(path, framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 (not iterable)
-    except (SafetensorError, OSError) as e:
-        raise _damaged(path, e) from None
-
-
 @contextlib.contextmanager
 def opened(path: str | pathlib.Path) -> Iterator[tuple[list[str], Callable[[str], np.ndarray], dict[str, str]]]:
     """(tensor names, read(name), metadata) of a file whose tensors are read one at a time, on demand."""
@@ -74,3 +54,15 @@ def opened(path: str | pathlib.Path) -> Iterator[tuple[list[str], Callable[[str]
         yield list(f.keys()), read, dict(f.metadata() or {})
     finally:
         f.__exit__(None, None, None)
+
+
+def read_header(path: str | pathlib.Path) -> dict[str, str]:
+    """The file's metadata, after the package has validated its whole header (no tensor data is read)."""
+    with opened(path) as (_, _, metadata):
+        return metadata
+
+
+def read(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors by name, metadata); a damaged or crafted file raises SafetensorsError."""
+    with opened(path) as (names, read_one, metadata):
+        return {name: read_one(name) for name in names}, metadata

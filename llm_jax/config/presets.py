@@ -2,7 +2,6 @@
 parameter file (`model=gpt2.safetensors`) or a Hugging Face model directory: its model and tokenizer, fine-tuned
 from its parameters."""
 
-import json
 import pathlib
 
 import ml_collections
@@ -43,22 +42,15 @@ def file_preset(path: pathlib.Path) -> dict:
     """`model=FILE.safetensors` or `model=DIR` (a Hugging Face model directory): the model and tokenizer keys (and
     the training length) of a parameter file (from `llm-jax export` or `llm-jax hf import`) or directory, and
     `checkpoint.init_from` = it, so a run fine-tunes that model."""
-    from safetensors import SafetensorError, safe_open
-
+    from llm_jax.checkpoint.params import CheckpointError, saved_meta
     from llm_jax.config.load import flatten
 
     try:
-        if path.is_dir():
-            from llm_jax.hf.importer import hf_run_config
-
-            saved = hf_run_config(path)["config"]
-        else:
-            with safe_open(path, framework="numpy") as f:
-                saved = json.loads((f.metadata() or {}).get("config", "{}"))
-    except (SafetensorError, OSError, ValueError) as e:  # ValueError: bad JSON, or the directory's HFError
+        saved = saved_meta(path)[1]["config"]
+    except (CheckpointError, OSError) as e:
         raise ConfigError(f"model={path} in --config: not a parameter file with a config ({e}); give a file "
                           "written by `llm-jax export` or `llm-jax hf import`") from None
-    keys = {k: v for k, v in flatten(saved).items() if k.startswith(FROM_FILE)} if isinstance(saved, dict) else {}
+    keys = {k: v for k, v in flatten(saved).items() if k.startswith(FROM_FILE)}
     if not any(k.startswith("model.") for k in keys):
         raise ConfigError(f"model={path} in --config: the file holds no model config; give a file written by "
                           "`llm-jax export` or `llm-jax hf import`")

@@ -13,17 +13,10 @@ import shutil
 
 import numpy as np
 
-from llm_jax.checkpoint.params import (
-    find_step_dir,
-    is_hf_directory,
-    json_field,
-    read_exported,
-    read_exported_header,
-    read_meta,
-)
+from llm_jax.checkpoint.params import is_hf_directory, read_exported, saved_meta
 from llm_jax.config.base import base_config
 from llm_jax.hf import bert, gpt2, llama, qwen2, t5
-from llm_jax.hf.importer import HFError, hf_run_config, read_portable
+from llm_jax.hf.importer import HFError, read_portable
 from llm_jax.hf.mapping import write_all
 
 BY_FAMILY = {"decoder": (llama, qwen2, gpt2), "encoder": (bert,), "encoder_decoder": (t5,)}
@@ -68,25 +61,8 @@ def choose_architecture(m: dict):
                   f"{closest[0]}, differs in {'; '.join(closest[1])}")
 
 
-def read_saved(source: str | pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
-    """(where the parameters are, {'config', 'tokenizer', 'ids'}: the saved config, tokenizer identity and, for a
-    file imported without a tokenizer, the source's special ids) of a run's workdir, a checkpoints/<step>
-    directory, a parameter file or a Hugging Face directory; only metadata is read."""
-    path = pathlib.Path(source)
-    if step is not None and (path.suffix == ".safetensors" or is_hf_directory(path)):
-        raise HFError(f"--step is for a run's workdir; {path} holds one set of parameters")
-    if path.suffix == ".safetensors":
-        metadata = read_exported_header(path)
-        return path, {k: json_field(metadata, k, path) for k in ("config", "tokenizer", "ids")}
-    if is_hf_directory(path):
-        return path, hf_run_config(path)
-    step_dir = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
-    meta = read_meta(step_dir)
-    return step_dir, {"config": meta.get("config", {}), "tokenizer": meta.get("tokenizer", {}), "ids": {}}
-
-
 def read_tensors(where: pathlib.Path) -> dict[str, np.ndarray]:
-    """The portable tensors of what read_saved found."""
+    """The portable tensors of what saved_meta found."""
     if where.suffix == ".safetensors":
         return read_exported(where)[0]
     if is_hf_directory(where):
@@ -155,9 +131,8 @@ def export_hf(source: str | pathlib.Path, out: str | pathlib.Path, step: int | N
     from llm_jax.hf.tokenizer_files import write_tokenizer
 
     out = pathlib.Path(out)
-    check_out(out, pathlib.Path(source), overwrite)
-    where, saved = read_saved(source, step)
-    check_out(out, where, overwrite)
+    where, saved = saved_meta(source, step)
+    check_out(out, where, overwrite)  # `where` is the source or inside it (a workdir's checkpoints/<step>)
     if not saved["config"].get("model"):
         raise HFError(f"{where} holds no model config; it was not written by `llm-jax train`, `export` or "
                       "`hf import`")

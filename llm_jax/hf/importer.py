@@ -230,10 +230,11 @@ def unused_tensors(directory: str | pathlib.Path) -> list[str]:
     """Tensors of the directory that the import leaves out: a checkpoint with more layers than config.json says,
     or heads llm_jax has no place for (BERT's pooler and next-sentence head, tied copies of the embedding)."""
     directory = pathlib.Path(directory)
-    arch = ARCHITECTURES[read_config(directory)["model_type"]]
+    hf = read_config(directory)
+    arch = ARCHITECTURES[hf["model_type"]]
     aliases = getattr(arch, "ALIASES", {})
     used = set()
-    for t in arch.table(arch.model_keys(read_config(directory))):
+    for t in arch.table(arch.model_keys(hf)):
         used |= {t.hf, aliases.get(t.hf), _legacy(t.hf)}
     return sorted(name for name in _weight_map(directory) if name not in used)
 

@@ -11,15 +11,8 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from llm_jax.checkpoint.manager import CheckpointError, check_compatible
-from llm_jax.checkpoint.params import (
-    abstract_like,
-    exported_config,
-    find_step_dir,
-    is_hf_directory,
-    load_params,
-    read_meta,
-)
+from llm_jax.checkpoint.manager import check_compatible
+from llm_jax.checkpoint.params import abstract_like, load_params, saved_meta
 from llm_jax.config.load import ConfigError, config_from_saved
 from llm_jax.data.pipeline import make_data
 from llm_jax.data.tokenizer import Tokenizer
@@ -45,24 +38,10 @@ class Trained:
 
 
 def saved_config(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, dict]:
-    """The checkpoint step directory (or exported file) that `path` and `step` name, and the config it holds."""
-    if step is not None and (path.suffix == ".safetensors" or is_hf_directory(path)):
-        raise CheckpointError(f"--step is for a run's workdir; {path} holds one set of parameters")
-    if path.suffix == ".safetensors":
-        return path, exported_config(path)
-    if is_hf_directory(path):
-        from llm_jax.hf.importer import HFError, hf_run_config
-
-        try:
-            return path, hf_run_config(path)["config"]
-        except HFError as e:
-            raise CheckpointError(str(e)) from None
-    source = find_step_dir(path / "checkpoints" / str(step) if step is not None else path)
-    saved = read_meta(source).get("config", {})
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{source}: the saved config is not a JSON object; this is not a checkpoint of "
-                              "`llm-jax train`")
-    return source, saved
+    """The checkpoint step directory (or parameter file, or Hugging Face directory) that `path` and `step` name,
+    and the config it holds."""
+    source, meta = saved_meta(path, step)
+    return source, meta["config"]
 
 
 def load_trained(path: str | pathlib.Path, step: int | None = None, overrides: list[str] = (),
