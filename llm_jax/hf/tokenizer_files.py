@@ -44,7 +44,7 @@ def byte_tokenizer_json(extra: dict[int, str]) -> str:
     return tok.to_str()
 
 
-def extra_tokens(config: dict, tokenizer: Tokenizer) -> dict[int, str]:
+def objective_tokens(config: dict, tokenizer: Tokenizer) -> dict[int, str]:
     """The ids the run's objective added after the tokenizer's, by name: [MASK] (masked LM) and <extra_id_N>
     (span corruption), so that the exported tokenizer knows them."""
     from llm_jax.config.load import ConfigError, config_from_saved
@@ -97,7 +97,7 @@ def write_tokenizer(directory: pathlib.Path, config: dict, identity: dict, token
         for f in files:
             shutil.copyfile(tokenizer.path.parent / f, directory / f)
         return ids, files
-    extra = extra_tokens(config, tokenizer)
+    extra = objective_tokens(config, tokenizer)
     names = _special_names(tokenizer)
     if "[MASK]" in extra.values():
         names["mask_token"] = "[MASK]"
