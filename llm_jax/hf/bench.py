@@ -42,14 +42,15 @@ def _random_file(cfg: ml_collections.ConfigDict, path: pathlib.Path, dtype: str)
 
 def _measured(args: list[str]) -> tuple[float, float]:
     """(seconds, peak resident GiB) of a child process running `args`; its failure ends the benchmark."""
-    start = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    output = child.stdout.read()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"{' '.join(args[:4])} ... failed (exit {child.returncode}):\n{output[-3000:]}")
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child never blocks on a full pipe
+        start = time.perf_counter()
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(args[:4])} ... failed (exit {child.returncode}):\n{log.read()[-3000:]}")
     return seconds, usage.ru_maxrss * 1024 / GIB  # Linux reports kilobytes
 
 
