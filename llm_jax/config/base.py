@@ -75,6 +75,13 @@ def _schema() -> Section:
     m.param_dtype = key("float32", "dtype the parameters (and optimizer state) are stored in", DTYPES[:2])
     m.scan_layers = key(True, "one scanned block instead of num_layers unrolled ones (faster compiles)")
     m.remat = key("none", "rematerialise activations in the backward pass", ("none", "full", "dots"))
+    # How the attention core is computed (models/attention.py); every choice respects packed documents' segment ids.
+    m.attention = key("auto", "auto (splash on TPU, cudnn on GPU with bf16/f16, else xla or chunked by length) | "
+                              "xla (scores whole) | chunked (blockwise, no [L, S] scores) | cudnn | splash",
+                      ("auto", "xla", "chunked", "cudnn", "splash"))
+    m.attention_block_q = key(512, "chunked / splash: queries per block", gt=0)
+    m.attention_block_kv = key(512, "chunked / splash: keys per block", gt=0)
+    m.attention_chunked_from = key(2048, "auto on CPU (and GPU with f32): chunked from this many keys on", gt=0)
 
     # Each mesh axis is (ICI size) x (DCN size). ICI: devices inside one slice (TPU) or node (GPU) over the fast
     # interconnect; -1 = all the slice's devices the other axes leave. DCN: across slices or nodes (one process per
@@ -124,6 +131,12 @@ def _schema() -> Section:
     t.eval_every = key(0, "evaluate every N steps; 0: only at the end", ge=0)
     t.eval_batches = key(8, "validation batches per evaluation", gt=0)
     t.z_loss = key(0.0, "weight of log(Z)^2, keeps the softmax normaliser near 1", ge=0)
+    # The float32 logits of a micro-batch, [B, seq_len, vocab], and their gradient are often the largest activation
+    # of the step (a 128k vocabulary outweighs a whole residual stream per layer); in chunks they never exist whole.
+    t.loss_chunk = key(0, ">0: the loss (in training and evaluation) makes the float32 logits this many sequence "
+                          "positions at a time, [batch, loss_chunk, vocab], and remakes them in the backward pass; "
+                          "best a divisor of the sequence length (else the last chunk is padded); 0: whole logits",
+                       ge=0)
     # stop: exit non-zero naming the step, nothing bad is saved; skip: keep the old parameters and optimizer
     # state, count it, go on with the next batch.
     t.nan_policy = key("stop", "what a step whose loss or gradients are NaN/Inf does", ("stop", "skip"))

@@ -125,6 +125,24 @@ def _divides(cfg, mesh_shape, key: str, logical: str) -> None:
                           f"make {key} a multiple of {n} or shrink those mesh axes")
 
 
+def _check_attention(cfg: ml_collections.ConfigDict) -> None:
+    """What an explicitly chosen fused kernel cannot do (`auto` picks around it by itself)."""
+    m = cfg.model
+    if m.attention == "cudnn" and m.dtype not in ("bfloat16", "float16"):
+        raise ConfigError(f"model.attention=cudnn computes in bfloat16/float16, not model.dtype={m.dtype}; set "
+                          "model.dtype=bfloat16 or model.attention=auto")
+    if m.attention == "splash" and (m.attention_block_q % 128 or m.attention_block_kv % 128):
+        raise ConfigError(f"model.attention=splash needs blocks of whole TPU lanes (multiples of 128), not "
+                          f"model.attention_block_q={m.attention_block_q}, model.attention_block_kv="
+                          f"{m.attention_block_kv}")
+    if m.attention == "splash" and m.positions == "relative":
+        raise ConfigError("model.attention=splash takes no position bias (model.positions=relative); use "
+                          "model.attention=chunked or auto")
+    if m.attention == "splash" and cfg.objective.name == "prefix_lm":
+        raise ConfigError("model.attention=splash has no prefix-LM mask (objective.name=prefix_lm); use "
+                          "model.attention=chunked or auto")
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int = 1,
              num_granules: int | None = None) -> tuple[int, ...]:
     """Raise ConfigError on the first problem; return the resolved mesh shape. `cfg` must be finalized.
@@ -159,6 +177,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
     if m.positions == "learned" and m.family == "encoder_decoder":
         raise ConfigError("model.family='encoder_decoder' takes model.positions='relative' (T5) or 'rope', not "
                           "'learned'")
+    _check_attention(cfg)
     if m.positions == "rope" and m.head_dim % 2:
         raise ConfigError(f"model.head_dim={m.head_dim} must be even for rope positions")
     if t.seq_len > m.max_seq_len:

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
+from llm_jax.models.attention import attend
 from llm_jax.models.layout import constrain
+from llm_jax.models.mask import Mask, slots_mask
 
 Array = jax.Array
 
@@ -97,38 +99,18 @@ def rope(x_BLHK: Array, positions_BL: Array, freq_k: Array) -> Array:
     return out.astype(x_BLHK.dtype)
 
 
-def attention_mask(segment_ids_BL: Array, prefix_BL: Array | None = None) -> Array:
-    """[B, L, S] True where query L may see key S: causal, and only inside its own packed document. With
-    `prefix_BL` (prefix LM), keys in a document's prefix are visible to every query of that document."""
-    L = segment_ids_BL.shape[1]
-    visible_BLS = jnp.tril(jnp.ones((L, L), dtype=bool))[None]
-    if prefix_BL is not None:
-        visible_BLS = visible_BLS | prefix_BL.astype(bool)[:, None, :]
-    return visible_BLS & (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])
-
-
-def bidirectional_mask(q_segment_ids_BL: Array, kv_segment_ids_BS: Array) -> Array:
-    """[B, L, S] True where query L and key S belong to the same packed document (encoders, cross-attention).
-    Padding (segment 0) sees only padding: its rows stay finite and its outputs are never read."""
-    return q_segment_ids_BL[:, :, None] == kv_segment_ids_BS[:, None, :]
-
-
 def write_cache(cache: tuple[Array, Array], k_BLGK: Array, v_BLGK: Array,
-                positions_BL: Array) -> tuple[Array, Array, Array]:
-    """Store this call's keys/values at slots = their positions; returns (k_BSGK, v_BSGK, mask_BLS).
-
-    Each row holds one document, so a query sees every slot up to its own position: that covers the prompt and
-    the tokens decoded so far, while slots past it (right padding, stale values) stay hidden.
-    """
+                positions_BL: Array) -> tuple[Array, Array, Mask]:
+    """Store this call's keys/values at slots = their positions; returns (k_BSGK, v_BSGK, mask): each row holds
+    one document, and a query sees the slots up to its own position (mask.slots_mask)."""
     cache_k_BSGK, cache_v_BSGK = cache
-    B, S = cache_k_BSGK.shape[:2]
+    B = cache_k_BSGK.shape[0]
     rows_B1 = jnp.arange(B)[:, None]
     k_BSGK = cache_k_BSGK.at[rows_B1, positions_BL].set(k_BLGK.astype(cache_k_BSGK.dtype))
     v_BSGK = cache_v_BSGK.at[rows_B1, positions_BL].set(v_BLGK.astype(cache_v_BSGK.dtype))
     k_BSGK = constrain(k_BSGK, ("batch", "length", "kv_heads", "kv"))
     v_BSGK = constrain(v_BSGK, ("batch", "length", "kv_heads", "kv"))
-    mask_BLS = jnp.arange(S)[None, None, :] <= positions_BL[:, :, None]
-    return k_BSGK, v_BSGK, mask_BLS
+    return k_BSGK, v_BSGK, slots_mask(positions_BL)
 
 
 def bias(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
@@ -140,7 +122,7 @@ def bias(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str |
 class Attention(nn.Module):
     """Grouped-query attention (G = H is multi-head, G = 1 multi-query) of x over itself or over `kv_BSD`.
 
-    `mask_BLS` says which keys each query sees (see attention_mask / bidirectional_mask). With `cache` = (k_BSGK,
+    `mask` says which keys each query sees (mask.py). With `cache` = (k_BSGK,
     v_BSGK) of the earlier tokens, this call's keys/values are written at slots `positions_BL` and the mask comes
     from the cache. With `fixed_kv`, those keys/values are used as they are (a cross-attention cache computed
     once). `bias_BHLS` is added to the scores (T5's relative positions; B may be 1). Returns (out_BLD, (k_BSGK,
@@ -151,13 +133,12 @@ class Attention(nn.Module):
     scale_scores: bool = True  # T5 folds 1/sqrt(head_dim) into its initialisation instead
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_BLS: Array | None, positions_BL: Array | None = None, *,
+    def __call__(self, x_BLD: Array, mask: Mask | None, positions_BL: Array | None = None, *,
                  kv_BSD: Array | None = None, cache: tuple[Array, Array] | None = None,
                  fixed_kv: tuple[Array, Array] | None = None,
                  bias_BHLS: Array | None = None) -> tuple[Array, tuple[Array, Array]]:
         c = self.cfg
         D, H, G, K = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-        B, L, _ = x_BLD.shape
         out_init = nn.initializers.normal(c.init_std / (2 * c.num_layers) ** 0.5)  # GPT-2 residual scaling
         # Unscaled scores take 1/sqrt(K) in the queries' initialisation instead (T5), so both start as one function.
         q_init = None if self.scale_scores else nn.initializers.normal(c.init_std * K**-0.5)
@@ -189,22 +170,12 @@ class Attention(nn.Module):
             k_BSGK = rope(k_BSGK, positions_BL, freq_k)
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
         if cache is not None:  # S is now the cache length; the new keys/values (S = L above) go into it
-            k_BSGK, v_BSGK, mask_BLS = write_cache(cache, k_BSGK, v_BSGK, positions_BL)
+            k_BSGK, v_BSGK, mask = write_cache(cache, k_BSGK, v_BSGK, positions_BL)
 
-        q_BLGRK = q_BLHK.reshape(B, L, G, H // G, K)
-        scores_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
-        if self.scale_scores:
-            scores_BGRLS = scores_BGRLS * K**-0.5
-        if bias_BHLS is not None:
-            S = scores_BGRLS.shape[-1]
-            scores_BGRLS = scores_BGRLS + bias_BHLS.astype(jnp.float32).reshape(-1, G, H // G, L, S)
-        mask_B11LS = mask_BLS[:, None, None]
-        # A large finite negative (not -inf) keeps fully masked rows (padding) finite instead of NaN.
-        scores_BGRLS = jnp.where(mask_B11LS, scores_BGRLS, jnp.finfo(jnp.float32).min)
-        probs_BGRLS = jax.nn.softmax(scores_BGRLS, axis=-1).astype(c.dtype)
-        out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK,
-                               preferred_element_type=jnp.float32).astype(c.dtype)
-        out_BLHK = constrain(out_BLGRK.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
+        out_BLHK = attend(q_BLHK, k_BSGK, v_BSGK, mask, c, scale=K**-0.5 if self.scale_scores else None,
+                          bias_BHLS=bias_BHLS, self_attention=kv_BSD is None and fixed_kv is None,
+                          cached=cache is not None)
+        out_BLHK = constrain(out_BLHK, ("batch", "length", "heads", "kv"))
         out_BLD = dense(out_BLHK, wo_HKD, n_in=2)
         if c.use_bias:
             out_BLD = out_BLD + bias(self, "bo", (D,), ("embed",), c)
