@@ -2,6 +2,7 @@
 
 For generation the same function also takes a KV cache, {"k": k_NBSGK, "v": v_NBSGK} (N layers, S slots), and
 returns (logits, new cache); see `init_cache`. With `prefix_BL` (prefix LM) a document's prefix attends both ways.
+With `head_only=True` it returns the OutputHead (models/head.py) the logits are made from instead.
 """
 
 import flax.linen as nn
@@ -9,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, dense, token_inputs, weight
+from llm_jax.models.head import OutputHead
+from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, token_inputs, weight
 from llm_jax.models.stack import run_stack
 
 Array = jax.Array
@@ -56,8 +58,11 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, tokens_BL: Array, segment_ids_BL: Array, positions_BL: Array,
                  cache: dict[str, Array] | None = None,
-                 prefix_BL: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
+                 prefix_BL: Array | None = None,
+                 head_only: bool = False) -> Array | OutputHead | tuple[Array, dict[str, Array]]:
         c = self.cfg
+        if head_only and cache is not None:
+            raise ValueError("head_only=True is for training on packed rows; generation with a cache needs logits")
         V, D = c.vocab_size, c.d_model
         embed_VD = weight(self, "embedding", (V, D), ("vocab", "embed"), c)
         x_BLD = jnp.take(embed_VD, tokens_BL, axis=0)
@@ -72,12 +77,11 @@ class Decoder(nn.Module):
         x_BLD, new_cache = run_stack(Block, c, c.num_layers, x_BLD, (mask_BLS, positions_BL), layer_caches)
 
         x_BLD = Norm(c, name="final_norm")(x_BLD)
-        if c.tie_embeddings:
-            logits_BLV = dense(x_BLD, embed_VD.T)
-        else:
-            unembed_DV = weight(self, "unembed", (D, V), ("embed", "vocab"), c)
-            logits_BLV = dense(x_BLD, unembed_DV)
-        logits_BLV = constrain(logits_BLV, ("batch", "length", "vocab"))
+        unembed_DV = embed_VD.T if c.tie_embeddings else weight(self, "unembed", (D, V), ("embed", "vocab"), c)
+        head = OutputHead(x_BLD, unembed_DV)
+        if head_only:
+            return head
+        logits_BLV = head.logits()
         if cache is None:
             return logits_BLV
         k_NBSGK, v_NBSGK = new_cache

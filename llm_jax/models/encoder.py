@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
+from llm_jax.models.head import OutputHead
 from llm_jax.models.layers import Attention, Mlp, Norm, bias, bidirectional_mask, constrain, dense, token_inputs, weight
 from llm_jax.models.stack import run_stack
 
@@ -48,7 +49,7 @@ class MlmHead(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, embed_VD: Array) -> Array:
+    def __call__(self, x_BLD: Array, embed_VD: Array, head_only: bool = False) -> Array | OutputHead:
         c = self.cfg
         V, D = c.vocab_size, c.d_model
         h_BLD = dense(x_BLD, weight(self, "wi", (D, D), ("embed", None), c)) + bias(self, "bi", (D,), (None,), c)
@@ -56,13 +57,10 @@ class MlmHead(nn.Module):
         layernorm = c.as_configdict()
         layernorm.norm = "layernorm"
         h_BLD = Norm(FrozenConfigDict(layernorm), name="norm")(h_BLD)
-        if c.tie_embeddings:
-            logits_BLV = dense(h_BLD, embed_VD.T)
-        else:
-            logits_BLV = dense(h_BLD, weight(self, "unembed", (D, V), ("embed", "vocab"), c))
+        unembed_DV = embed_VD.T if c.tie_embeddings else weight(self, "unembed", (D, V), ("embed", "vocab"), c)
         # Named "bias" so the optimizer's decay mask leaves it alone, like the norms' biases.
-        logits_BLV = logits_BLV + bias(self, "bias", (V,), ("vocab",), c)
-        return constrain(logits_BLV, ("batch", "length", "vocab"))
+        head = OutputHead(h_BLD, unembed_DV, bias(self, "bias", (V,), ("vocab",), c))
+        return head if head_only else head.logits()
 
 
 class Encoder(nn.Module):
@@ -78,7 +76,8 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BL: Array, segment_ids_BL: Array, positions_BL: Array,
-                 token_types_BL: Array | None = None) -> Array:
+                 token_types_BL: Array | None = None, head_only: bool = False) -> Array | OutputHead:
+        """logits_BLV; with `head_only`, the OutputHead (models/head.py) they are made from."""
         c = self.cfg
         V, D = c.vocab_size, c.d_model
         if c.positions == "relative":
@@ -107,4 +106,4 @@ class Encoder(nn.Module):
 
         if c.norm_position == "pre":
             x_BLD = Norm(c, name="final_norm")(x_BLD)
-        return MlmHead(c, name="mlm_head")(x_BLD, embed_VD)
+        return MlmHead(c, name="mlm_head")(x_BLD, embed_VD, head_only)

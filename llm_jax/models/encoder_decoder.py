@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
-from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, bidirectional_mask, constrain, dense, weight
+from llm_jax.models.head import OutputHead
+from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, bidirectional_mask, constrain, weight
 from llm_jax.models.relative import relative_bias
 from llm_jax.models.stack import run_stack
 
@@ -168,21 +169,29 @@ class EncoderDecoder(nn.Module):
 
     def decode(self, tokens_BT: Array, segment_ids_BT: Array, positions_BT: Array, enc_BLD: Array | None,
                encoder_segment_ids_BL: Array,
-               cache: dict[str, Array] | None = None) -> Array | tuple[Array, dict[str, Array]]:
+               cache: dict[str, Array] | None = None,
+               head_only: bool = False) -> Array | OutputHead | tuple[Array, dict[str, Array]]:
         """logits_BTV; with `cache`, (logits_BTV, new cache). Cached rows hold one document each (segment ids 1 for
         the decoder, the encoder's own for its tokens) and this call's tokens go to slots `positions_BT`. Pass
-        `enc_BLD` in the first cached call, which stores the cross keys/values, and None after."""
+        `enc_BLD` in the first cached call, which stores the cross keys/values, and None after. `head_only`: the
+        OutputHead (models/head.py) the logits are made from, for training."""
         c = self.cfg
+        if head_only and cache is not None:
+            raise ValueError("head_only=True is for training on packed rows; generation with a cache needs logits")
         x_BTD, new_cache = self.decoder(self.embed(tokens_BT), segment_ids_BT, positions_BT, enc_BLD,
                                         encoder_segment_ids_BL, cache)
         if c.tie_embeddings:  # T5 v1.0 rescales the shared embedding when it doubles as the output head
-            logits_BTV = dense(x_BTD * c.d_model**-0.5, self.embedding.T)
+            head = OutputHead(x_BTD * c.d_model**-0.5, self.embedding.T)
         else:
-            logits_BTV = dense(x_BTD, self.unembed)
-        logits_BTV = constrain(logits_BTV, ("batch", "length", "vocab"))
+            head = OutputHead(x_BTD, self.unembed)
+        if head_only:
+            return head
+        logits_BTV = head.logits()
         return logits_BTV if cache is None else (logits_BTV, new_cache)
 
     def __call__(self, encoder_tokens_BL: Array, encoder_segment_ids_BL: Array, encoder_positions_BL: Array,
-                 tokens_BT: Array, segment_ids_BT: Array, positions_BT: Array) -> Array:
+                 tokens_BT: Array, segment_ids_BT: Array, positions_BT: Array,
+                 head_only: bool = False) -> Array | OutputHead:
         enc_BLD = self.encode(encoder_tokens_BL, encoder_segment_ids_BL, encoder_positions_BL)
-        return self.decode(tokens_BT, segment_ids_BT, positions_BT, enc_BLD, encoder_segment_ids_BL)
+        return self.decode(tokens_BT, segment_ids_BT, positions_BT, enc_BLD, encoder_segment_ids_BL,
+                           head_only=head_only)

@@ -39,11 +39,12 @@ class Evaluator:
 
 
 def make_evaluator(model: nn.Module, mesh: Mesh, tokenizer: Tokenizer, vocab_size: int, params_sh: Any,
-                   batch_sh: NamedSharding, loader: Loader, num_batches: int) -> Evaluator:
-    """A jitted eval step on the parameters alone: `llm-jax eval` needs no optimizer state."""
+                   batch_sh: NamedSharding, loader: Loader, num_batches: int, loss_chunk: int = 0) -> Evaluator:
+    """A jitted eval step on the parameters alone: `llm-jax eval` needs no optimizer state. `loss_chunk`:
+    train.loss_chunk, so that evaluation never holds the whole batch's logits either."""
     token_bytes = np.zeros(vocab_size, np.int32)  # the model's padding ids stand for no text
     token_bytes[: tokenizer.vocab_size] = tokenizer.token_bytes()
-    jit_eval = jax.jit(functools.partial(eval_step, model), in_shardings=(params_sh, batch_sh, replicated(mesh)),
-                       out_shardings=replicated(mesh))
+    jit_eval = jax.jit(functools.partial(eval_step, model, loss_chunk=loss_chunk),
+                       in_shardings=(params_sh, batch_sh, replicated(mesh)), out_shardings=replicated(mesh))
     token_bytes_V = jax.make_array_from_callback(token_bytes.shape, replicated(mesh), lambda i: token_bytes[i])
     return Evaluator(jit_eval, loader, batch_sh, token_bytes_V, num_batches)

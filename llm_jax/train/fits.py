@@ -91,11 +91,13 @@ def check_size(cfg: ml_collections.ConfigDict, devices: list, copies: int) -> No
 
 
 def activation_floor_bytes(cfg: ml_collections.ConfigDict, mesh: Mesh) -> int:
-    """Bytes that one device's micro-batch needs at least: float32 logits and a residual per layer per token."""
+    """Bytes that one device's micro-batch needs at least: float32 logits (of one chunk with train.loss_chunk) and
+    a residual per layer per token."""
     t, m = cfg.train, cfg.model
     batch_ways = math.prod(mesh.shape[a] for r in cfg.sharding.rules if r[0] == "batch" for a in mesh_axes(r[1]))
     rows = -(-t.global_batch // t.grad_accum // batch_ways)
-    return rows * t.seq_len * (m.vocab_size + m.d_model * m.num_layers) * 4
+    logit_positions = min(t.loss_chunk, t.seq_len) if t.loss_chunk else t.seq_len
+    return rows * (logit_positions * m.vocab_size + t.seq_len * m.d_model * m.num_layers) * 4
 
 
 def check_fits(cfg: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, params_sh: Any,

@@ -76,7 +76,8 @@ def evaluate_trained(trained: Trained) -> dict[str, float]:
     try:
         params_sh = jax.tree.map(lambda x: x.sharding, trained.params)
         evaluator = make_evaluator(trained.model, mesh, trained.tokenizer, cfg.model.vocab_size, params_sh,
-                                   batch_sharding(mesh, trained.rules), data.eval, cfg.train.eval_batches)
+                                   batch_sharding(mesh, trained.rules), data.eval, cfg.train.eval_batches,
+                                   cfg.train.loss_chunk)
         with on_mesh(mesh, trained.rules):
             return evaluator(trained.params)
     finally:

@@ -92,8 +92,8 @@ def optimizer_and_options(cfg: ml_collections.ConfigDict,
     t = cfg.train
     tx, schedule = make_optimizer(cfg.optimizer, t.steps)
     guard = GuardOptions(skip_nonfinite=t.nan_policy == "skip", spike_k=t.spike_k, window=t.spike_window)
-    return tx, StepOptions(loss=objective.loss, z_loss=t.z_loss, grad_accum=t.grad_accum, schedule=schedule,
-                           guard=guard)
+    return tx, StepOptions(loss=objective.loss, z_loss=t.z_loss, loss_chunk=t.loss_chunk, grad_accum=t.grad_accum,
+                           schedule=schedule, guard=guard)
 
 
 def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None, prepared: Prepared | None = None) -> Run:
@@ -110,6 +110,6 @@ def build_run(cfg: ml_collections.ConfigDict, devices: list | None = None, prepa
     jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)),
                         donate_argnums=0)
     evaluator = make_evaluator(model, mesh, tokenizer, cfg.model.vocab_size, state_sh.params, batch_sh, data.eval,
-                               t.eval_batches)
+                               t.eval_batches, t.loss_chunk)
     return Run(cfg, mesh, rules, data, objective, state, state_sh, batch_sh, jit_train, evaluator)
 

@@ -27,6 +27,7 @@ class StepOptions:
 
     loss: Callable = example_loss  # the objective's: (logits, example, z_loss) -> (ce_sum, z_sum)
     z_loss: float = 0.0
+    loss_chunk: int = 0  # >0: the loss runs over chunks of this many positions (train.loss_chunk)
     grad_accum: int = 1
     schedule: Callable | None = None  # for logging the learning rate of each step
     guard: GuardOptions = dataclasses.field(default_factory=GuardOptions)

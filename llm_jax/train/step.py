@@ -2,7 +2,8 @@
 
 A batch is a stack of examples (objectives/example.py). The model takes from it what it reads (`model.inputs`),
 the objective's loss (a static part of the state) scores its targets by their weights: the step never asks which
-family or objective it runs.
+family or objective it runs. With train.loss_chunk every family hands over its output head instead of logits and the
+same loss runs over chunks of positions (objectives/loss.py `in_chunks`), so [B, L, V] logits never exist whole.
 """
 
 import flax.linen as nn
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llm_jax.objectives.loss import eval_sums
+from llm_jax.models.head import OutputHead
+from llm_jax.objectives.loss import eval_sums, in_chunks
 from llm_jax.train.guard import decide, keep_if
 from llm_jax.train.state import TrainState
 
@@ -22,9 +24,18 @@ def forward(model: nn.Module, params, batch: Batch) -> jax.Array:
     return model.apply({"params": params}, **model.inputs(batch))
 
 
+def forward_head(model: nn.Module, params, batch: Batch) -> OutputHead:
+    """What the model's logits for a batch are made from (models/head.py), for a loss taken in chunks."""
+    return model.apply({"params": params}, **model.inputs(batch), head_only=True)
+
+
 def _micro_loss(params, state: TrainState, micro: Batch, total_tokens: jax.Array):
-    logits = forward(state.model, params, micro)
-    ce_sum, z_sum = state.options.loss(logits, micro, state.options.z_loss)
+    o = state.options
+    if o.loss_chunk:  # static: a training setting, the same for every family and objective
+        ce_sum, z_sum = in_chunks(forward_head(state.model, params, micro), micro, o.loss_chunk,
+                                  lambda logits, example: o.loss(logits, example, o.z_loss))
+    else:
+        ce_sum, z_sum = o.loss(forward(state.model, params, micro), micro, o.z_loss)
     # Dividing every micro-batch by the whole batch's token count makes the summed gradients exactly the
     # gradient of the token-weighted mean loss, whatever the split.
     return (ce_sum + z_sum) / total_tokens, (ce_sum, z_sum)
@@ -69,7 +80,12 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard), metrics
 
 
-def eval_step(model: nn.Module, params, batch: Batch, token_bytes_V: jax.Array) -> dict[str, jax.Array]:
+def eval_step(model: nn.Module, params, batch: Batch, token_bytes_V: jax.Array,
+              loss_chunk: int = 0) -> dict[str, jax.Array]:
     """Summed loss, target tokens, the UTF-8 bytes they stand for and the targets predicted right, so that several
-    batches combine into an exact mean loss per token, bits per byte and accuracy."""
+    batches combine into an exact mean loss per token, bits per byte and accuracy. `loss_chunk` (static): as in
+    training, logits made that many positions at a time (an evaluation batch is the whole global batch)."""
+    if loss_chunk:
+        return in_chunks(forward_head(model, params, batch), batch, loss_chunk,
+                         lambda logits, example: eval_sums(logits, example, token_bytes_V))
     return eval_sums(forward(model, params, batch), batch, token_bytes_V)
