@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
 from llm_jax.models.head import OutputHead
-from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, constrain, token_inputs, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, constrain, token_inputs, weight
+from llm_jax.models.mask import Mask, causal_mask
 from llm_jax.models.stack import run_stack
 
 Array = jax.Array
@@ -30,10 +31,10 @@ class Block(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_BLS: Array | None, positions_BL: Array,
+    def __call__(self, x_BLD: Array, mask: Mask | None, positions_BL: Array,
                  cache: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array] | None]:
         h_BLD = Norm(self.cfg, name="attn_norm")(x_BLD)
-        attn_BLD, kv = Attention(self.cfg, name="attn")(h_BLD, mask_BLS, positions_BL, cache=cache)
+        attn_BLD, kv = Attention(self.cfg, name="attn")(h_BLD, mask, positions_BL, cache=cache)
         x_BLD = constrain(x_BLD + attn_BLD, ("batch", "length", "embed"))
         h_BLD = Norm(self.cfg, name="mlp_norm")(x_BLD)
         x_BLD = x_BLD + Mlp(self.cfg, name="mlp")(h_BLD)
@@ -72,9 +73,9 @@ class Decoder(nn.Module):
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
         # The mask is made once for all layers; with a cache, each layer makes it from its slots.
-        mask_BLS = attention_mask(segment_ids_BL, prefix_BL) if cache is None else None
+        mask = causal_mask(segment_ids_BL, prefix_BL) if cache is None else None
         layer_caches = () if cache is None else ((cache["k"], cache["v"]),)
-        x_BLD, new_cache = run_stack(Block, c, c.num_layers, x_BLD, (mask_BLS, positions_BL), layer_caches)
+        x_BLD, new_cache = run_stack(Block, c, c.num_layers, x_BLD, (mask, positions_BL), layer_caches)
 
         x_BLD = Norm(c, name="final_norm")(x_BLD)
         unembed_DV = embed_VD.T if c.tie_embeddings else weight(self, "unembed", (D, V), ("embed", "vocab"), c)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
 from llm_jax.models.head import OutputHead
-from llm_jax.models.layers import Attention, Mlp, Norm, bias, bidirectional_mask, constrain, dense, token_inputs, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, bias, constrain, dense, token_inputs, weight
+from llm_jax.models.mask import Mask, document_mask
 from llm_jax.models.stack import run_stack
 
 Array = jax.Array
@@ -25,16 +26,16 @@ class Block(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_BLS: Array, positions_BL: Array) -> tuple[Array, None]:
+    def __call__(self, x_BLD: Array, mask: Mask, positions_BL: Array) -> tuple[Array, None]:
         c = self.cfg
         attn, mlp = Attention(c, name="attn"), Mlp(c, name="mlp")
         attn_norm, mlp_norm = Norm(c, name="attn_norm"), Norm(c, name="mlp_norm")
         if c.norm_position == "post":
-            x_BLD = attn_norm(x_BLD + attn(x_BLD, mask_BLS, positions_BL)[0])
+            x_BLD = attn_norm(x_BLD + attn(x_BLD, mask, positions_BL)[0])
             x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
             x_BLD = mlp_norm(x_BLD + mlp(x_BLD))
         else:
-            x_BLD = x_BLD + attn(attn_norm(x_BLD), mask_BLS, positions_BL)[0]
+            x_BLD = x_BLD + attn(attn_norm(x_BLD), mask, positions_BL)[0]
             x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
             x_BLD = x_BLD + mlp(mlp_norm(x_BLD))
         return constrain(x_BLD, ("batch", "length", "embed")), None
@@ -101,8 +102,8 @@ class Encoder(nn.Module):
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
         # One mask for all layers: the same document, either direction.
-        mask_BLS = bidirectional_mask(segment_ids_BL, segment_ids_BL)
-        x_BLD, _ = run_stack(Block, c, c.num_layers, x_BLD, (mask_BLS, positions_BL))
+        mask = document_mask(segment_ids_BL, segment_ids_BL)
+        x_BLD, _ = run_stack(Block, c, c.num_layers, x_BLD, (mask, positions_BL))
 
         if c.norm_position == "pre":
             x_BLD = Norm(c, name="final_norm")(x_BLD)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from ml_collections import FrozenConfigDict
 
 from llm_jax.models.head import OutputHead
-from llm_jax.models.layers import Attention, Mlp, Norm, attention_mask, bidirectional_mask, constrain, weight
+from llm_jax.models.layers import Attention, Mlp, Norm, constrain, weight
+from llm_jax.models.mask import Mask, causal_mask, document_mask
 from llm_jax.models.relative import relative_bias
 from llm_jax.models.stack import run_stack
 
@@ -54,10 +55,10 @@ class EncoderBlock(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_BLS: Array, positions_BL: Array,
+    def __call__(self, x_BLD: Array, mask: Mask, positions_BL: Array,
                  bias_BHLS: Array | None) -> tuple[Array, None]:
         h_BLD = Norm(self.cfg, name="attn_norm")(x_BLD)
-        attn_BLD, _ = Attention(self.cfg, scale_scores=False, name="attn")(h_BLD, mask_BLS, positions_BL,
+        attn_BLD, _ = Attention(self.cfg, scale_scores=False, name="attn")(h_BLD, mask, positions_BL,
                                                                           bias_BHLS=bias_BHLS)
         x_BLD = constrain(x_BLD + attn_BLD, ("batch", "length", "embed"))
         x_BLD = x_BLD + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BLD))
@@ -71,17 +72,17 @@ class DecoderBlock(nn.Module):
     cfg: FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x_BTD: Array, mask_BTS: Array | None, positions_BT: Array, bias_BHTS: Array | None,
-                 enc_BLD: Array | None, cross_mask_BTL: Array, cache: KV | None = None,
+    def __call__(self, x_BTD: Array, self_mask: Mask | None, positions_BT: Array, bias_BHTS: Array | None,
+                 enc_BLD: Array | None, cross_mask: Mask, cache: KV | None = None,
                  cross_kv: KV | None = None) -> tuple[Array, tuple[KV, ...] | None]:
         c = self.cfg
         h_BTD = Norm(c, name="attn_norm")(x_BTD)
-        attn_BTD, kv = Attention(c, scale_scores=False, name="attn")(h_BTD, mask_BTS, positions_BT, cache=cache,
+        attn_BTD, kv = Attention(c, scale_scores=False, name="attn")(h_BTD, self_mask, positions_BT, cache=cache,
                                                                      bias_BHLS=bias_BHTS)
         x_BTD = constrain(x_BTD + attn_BTD, ("batch", "length", "embed"))
         h_BTD = Norm(c, name="cross_norm")(x_BTD)
         cross_BTD, new_cross_kv = Attention(c, scale_scores=False, name="cross")(
-            h_BTD, cross_mask_BTL, kv_BSD=enc_BLD if cross_kv is None else None, fixed_kv=cross_kv)
+            h_BTD, cross_mask, kv_BSD=enc_BLD if cross_kv is None else None, fixed_kv=cross_kv)
         x_BTD = constrain(x_BTD + cross_BTD, ("batch", "length", "embed"))
         x_BTD = x_BTD + Mlp(c, name="mlp")(Norm(c, name="mlp_norm")(x_BTD))
         x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
@@ -97,8 +98,8 @@ class EncoderStack(nn.Module):
     def __call__(self, x_BLD: Array, segment_ids_BL: Array, positions_BL: Array) -> Array:
         c = self.cfg
         bias_BHLS = position_bias(self, c, positions_BL, positions_BL, bidirectional=True)
-        mask_BLS = bidirectional_mask(segment_ids_BL, segment_ids_BL)
-        x_BLD, _ = run_stack(EncoderBlock, c, c.num_layers, x_BLD, (mask_BLS, positions_BL, bias_BHLS))
+        mask = document_mask(segment_ids_BL, segment_ids_BL)
+        x_BLD, _ = run_stack(EncoderBlock, c, c.num_layers, x_BLD, (mask, positions_BL, bias_BHLS))
         return Norm(c, name="final_norm")(x_BLD)
 
 
@@ -113,12 +114,12 @@ class DecoderStack(nn.Module):
                  cache: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array] | None]:
         c = self.cfg
         if cache is None:
-            mask_BTS, key_positions_BS = attention_mask(segment_ids_BT), positions_BT
+            self_mask, key_positions_BS = causal_mask(segment_ids_BT), positions_BT
         else:  # slot s of the cache holds position s; Attention makes the mask from the slots
-            mask_BTS, key_positions_BS = None, jnp.arange(cache["k"].shape[2])[None]
+            self_mask, key_positions_BS = None, jnp.arange(cache["k"].shape[2])[None]
         bias_BHTS = position_bias(self, c, positions_BT, key_positions_BS, bidirectional=False)
-        cross_mask_BTL = bidirectional_mask(segment_ids_BT, encoder_segment_ids_BL)
-        shared = (mask_BTS, positions_BT, bias_BHTS, enc_BLD, cross_mask_BTL)
+        cross_mask = document_mask(segment_ids_BT, encoder_segment_ids_BL)
+        shared = (self_mask, positions_BT, bias_BHTS, enc_BLD, cross_mask)
         per_layer = ()
         if cache is not None:
             per_layer = ((cache["k"], cache["v"]),)
