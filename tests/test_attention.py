@@ -164,6 +164,15 @@ def test_chunked_attention_does_not_hold_the_scores():
     assert blocked < scores / 3 and blocked < plain / 8, \
         f"chunked attention holds {blocked:,} bytes of temporaries; the scores are {scores:,}, xla holds {plain:,}"
 
+    # In a scanned layer stack (scan_layers) the mask is a loop constant; what depends only on it must not be
+    # hoisted out of the loop for every block pair at once.
+    def stack(q, k, v):
+        layer = lambda x, w: (chunked_attention(x * w, k, v, mask, scale=0.125, block_q=256, block_kv=256), None)
+        return jax.lax.scan(layer, q, jnp.ones(2))[0]
+
+    scanned = temp_bytes(stack)
+    assert scanned < scores / 2, f"chunked attention in a layer scan holds {scanned:,} bytes (scores {scores:,})"
+
 
 def test_auto_picks_by_platform_and_length():
     m = make_cfg()

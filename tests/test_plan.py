@@ -3,11 +3,15 @@ collectives off it. In-process plans use subsets of the 8 fake devices; the CLI 
 
 import dataclasses
 import json
+import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from llm_jax.config.load import apply_flag_overrides
+from llm_jax.models.layers import dense
 from llm_jax.monitor.hardware import GIB, HARDWARE
 from llm_jax.monitor.hlo import group_axes, replica_groups
 from llm_jax.train.plan import Target, abstract_step, plan, report
@@ -105,3 +109,51 @@ def test_cli_prints_the_table_and_a_json_last_line():
     assert result["fits"] is False and result["hbm_gib"] == 0.001 and result["devices"] == 8
     assert result["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert result["total_gib"] > result["params_gib"] + result["opt_state_gib"] > 0
+
+
+def _bytes(p, op: str) -> float:
+    return sum(c.bytes for c in p.cost.collectives if c.op == op and c.axes == ("fsdp",))
+
+
+def test_bf16_compute_halves_fsdp_gathers_and_grad_reduce_dtype_halves_the_reduce_scatter(fsdp8):
+    """float32 parameters in both: bf16 compute gathers each weight shard after casting it, so half the bytes; a
+    bf16 gradient reduction halves the layers' reduce-scatter (the embedding's gradient stays float32)."""
+    base = ("mesh.data=1", "mesh.fsdp=-1", "model.scan_layers=true")
+    bf16 = plan(config(*base, "model.dtype=bfloat16"), Target(8), HARDWARE["h100"], jax.devices()[:8])
+    reduced = plan(config(*base, "model.dtype=bfloat16", "model.grad_reduce_dtype=bfloat16"), Target(8),
+                   HARDWARE["h100"], jax.devices()[:8])
+    layers = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_step(
+        config(*base), Target(8), jax.devices()[:8]).state.params["layers"])) * 4 / 8  # f32 bytes per device
+    # XLA:CPU slices each device's shard out of an all-reduce: counted as the target's reduce-scatter.
+    assert _bytes(fsdp8, "reduce-scatter") >= layers
+    # Norm scales are used in float32 and gathered so: a little over half.
+    assert 0.5 <= _bytes(bf16, "all-gather") / _bytes(fsdp8, "all-gather") < 0.6
+    assert _bytes(bf16, "reduce-scatter") == pytest.approx(_bytes(fsdp8, "reduce-scatter"), rel=0.02)
+    saved = _bytes(bf16, "reduce-scatter") - _bytes(reduced, "reduce-scatter")
+    assert saved == pytest.approx(layers / 2, rel=0.05), (saved, layers)
+
+
+def test_a_bf16_weight_gradient_equals_the_float32_one_to_bf16_rounding():
+    x = jax.random.normal(jax.random.key(0), (64, 32)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (32, 48)).astype(jnp.bfloat16)
+    g = jax.random.normal(jax.random.key(2), (64, 48))
+
+    def grads(dtype):
+        return jax.grad(lambda x, w: jnp.sum(dense(x, w, grad_dtype=dtype).astype(jnp.float32) * g), (0, 1))(x, w)
+
+    (dx32, dw32), (dx16, dw16) = grads("float32"), grads("bfloat16")
+    np.testing.assert_array_equal(np.asarray(dx16, np.float32), np.asarray(dx32, np.float32))
+    exact = np.asarray(x, np.float32).T @ np.asarray(jnp.asarray(g, jnp.bfloat16), np.float32)
+    np.testing.assert_allclose(np.asarray(dw16, np.float32), exact, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(dw32, np.float32), exact, rtol=1e-2, atol=1e-2)
+
+
+def test_a_fused_attention_target_is_planned_with_chunked_and_its_block_traffic_left_out():
+    base = ("mesh.data=1", "mesh.fsdp=-1", "model.dtype=bfloat16", "train.seq_len=64", "model.max_seq_len=64",
+            "model.attention_block_q=16", "model.attention_block_kv=16")
+    fused = plan(config(*base), Target(8), HARDWARE["h100"], jax.devices()[:8])
+    counted = plan(config(*base, "model.attention=chunked"), Target(8), HARDWARE["h100"], jax.devices()[:8])
+    assert fused.fused_attention == "cudnn" and counted.fused_attention is None
+    assert any("runs 'cudnn', planned with 'chunked'" in line for line in report(fused))
+    assert fused.cost.matmul_flops == pytest.approx(counted.cost.matmul_flops, rel=1e-6)
+    assert fused.cost.bytes_accessed < 0.9 * counted.cost.bytes_accessed

@@ -73,6 +73,9 @@ def _schema() -> Section:
     m.init_std = key(0.02, "standard deviation of the initial weights", gt=0)
     m.dtype = key("float32", "compute dtype", DTYPES)
     m.param_dtype = key("float32", "dtype the parameters (and optimizer state) are stored in", DTYPES[:2])
+    m.grad_reduce_dtype = key("float32", "dtype the layers' weight gradients leave their matmuls in, and so are "
+                              "summed across devices in (FSDP's reduce-scatter, data parallelism's all-reduce); "
+                              "bfloat16 halves those bytes at some precision", DTYPES[:2])
     m.scan_layers = key(True, "one scanned block instead of num_layers unrolled ones (faster compiles)")
     m.remat = key("none", "rematerialise activations in the backward pass", ("none", "full", "dots"))
     # How the attention core is computed (models/attention.py); every choice respects packed documents' segment ids.

@@ -24,6 +24,7 @@ Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 FUSED_DTYPES = ("bfloat16", "float16")  # what cuDNN's flash attention computes in
+FUSED = ("cudnn", "splash")  # kernels that keep their blocks in on-chip memory
 
 
 def resolve(cfg: FrozenConfigDict, platform: str, S: int) -> str:

@@ -18,6 +18,9 @@ from llm_jax.models.mask import Mask
 
 Array = jax.Array
 MASKED = float(jnp.finfo(jnp.float32).min)  # as the plain path: fully masked rows stay finite (uniform)
+# The name the kernel's operations carry in the compiled program: `llm-jax plan` uses this implementation as the
+# stand-in for a fused kernel (splash, cuDNN) whose blocks stay in on-chip memory, and leaves their traffic out.
+KERNEL_SCOPE = "attention_kernel"
 
 
 def _pad(x: Array | None, axis: int, to: int, value=0) -> Array | None:
@@ -65,16 +68,27 @@ def _unless_skipped(mask: Mask, i, j, bq: int, bk: int, skipped, update):
     return jax.lax.cond(j * bk > i * bq + bq - 1, skipped, update)
 
 
+def _tied(q_n: Array, indices):
+    """The block indices and mask parts made to depend on the queries. They are the same in every layer, and in a
+    scanned layer stack JAX's differentiation of the scan hoists what depends only on loop constants out of the
+    loop: every block's visibility (and the zeros of its masked scores) for all blocks at once, an
+    [nq, nk, ..., bq, bk] array, the L x S memory this kernel exists to avoid."""
+    return jax.lax.optimization_barrier((q_n, indices))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _attention(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask: Mask, scale, bq, bk, L_S):
     return _forward(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, scale, bq, bk, L_S)[0]
 
 
+@jax.named_scope(KERNEL_SCOPE)
 def _forward(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, scale, bq, bk, L_S):
     L, S = L_S
     B, Lp, G, R, K = q_BLGRK.shape
-    (qi_n, qseg_n), (kvi_n, kvseg_n, prefix_n) = _prepare(mask, L, S, bq, bk)
     q_n, k_n, v_n = _blocks(q_BLGRK, 1, bq), _blocks(k_BSGK, 1, bk), _blocks(v_BSGK, 1, bk)
+    nq, nk = q_n.shape[0], k_n.shape[0]
+    q_n, (q_steps, kv_steps, (qi_n, qseg_n), (kvi_n, kvseg_n, prefix_n)) = _tied(
+        q_n, (jnp.arange(nq), jnp.arange(nk), *_prepare(mask, L, S, bq, bk)))
     bias_nm = None if bias_BGRLS is None else _blocks(_blocks(bias_BGRLS, 4, bk), 4, bq)  # [nq, nk, ...]
 
     def one_q_block(args):
@@ -98,14 +112,12 @@ def _forward(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, scale, bq, bk, L_S):
 
         init = (jnp.full((B, G, R, bq), MASKED, jnp.float32), jnp.zeros((B, G, R, bq), jnp.float32),
                 jnp.zeros((B, G, R, bq, K), jnp.float32))
-        nk = k_n.shape[0]
-        (m, norm, acc), _ = jax.lax.scan(step, init, (jnp.arange(nk), k_n, v_n, kvi_n, kvseg_n, prefix_n, bias_m))
+        (m, norm, acc), _ = jax.lax.scan(step, init, (kv_steps, k_n, v_n, kvi_n, kvseg_n, prefix_n, bias_m))
         # The log-normaliser in two parts: m + log(norm) would round away log(norm) in a fully masked row, whose
         # maximum is the huge MASKED value.
         return acc / norm[..., None], (m, jnp.log(norm))
 
-    nq = q_n.shape[0]
-    out_nBGRqK, lse_n = jax.lax.map(one_q_block, (jnp.arange(nq), q_n, qi_n, qseg_n, bias_nm))
+    out_nBGRqK, lse_n = jax.lax.map(one_q_block, (q_steps, q_n, qi_n, qseg_n, bias_nm))
     out_BLGRK = jnp.moveaxis(out_nBGRqK, 0, 3).reshape(B, G, R, Lp, K).transpose(0, 3, 1, 2, 4)
     out_BLGRK = out_BLGRK.astype(v_BSGK.dtype)
     return out_BLGRK, (q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, out_BLGRK, lse_n)
@@ -115,18 +127,20 @@ def _forward_vjp(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, scale, bq, bk, L_S):
     return _forward(q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, scale, bq, bk, L_S)
 
 
+@jax.named_scope(KERNEL_SCOPE)
 def _backward(scale, bq, bk, L_S, saved, dout_BLGRK):
     L, S = L_S
     q_BLGRK, k_BSGK, v_BSGK, bias_BGRLS, mask, out_BLGRK, lse_n = saved
     B, _, G, R, K = q_BLGRK.shape
-    (qi_n, qseg_n), (kvi_n, kvseg_n, prefix_n) = _prepare(mask, L, S, bq, bk)
     q_n, k_n, v_n = _blocks(q_BLGRK, 1, bq), _blocks(k_BSGK, 1, bk), _blocks(v_BSGK, 1, bk)
+    nq, nk = q_n.shape[0], k_n.shape[0]
+    q_n, (q_steps, kv_steps, (qi_n, qseg_n), (kvi_n, kvseg_n, prefix_n)) = _tied(
+        q_n, (jnp.arange(nq), jnp.arange(nk), *_prepare(mask, L, S, bq, bk)))
     do_n = _blocks(dout_BLGRK, 1, bq)
     # delta = rowsum(dO * O): the softmax backward's correction term, one number per query and head.
     delta_n = _blocks(jnp.einsum("BLGRK,BLGRK->BGRL", dout_BLGRK.astype(jnp.float32),
                                  out_BLGRK.astype(jnp.float32)), 3, bq)
     bias_mn = None if bias_BGRLS is None else jnp.swapaxes(_blocks(_blocks(bias_BGRLS, 4, bk), 4, bq), 0, 1)
-    nq, nk = q_n.shape[0], k_n.shape[0]
 
     def one_kv_block(dq_n, kv):
         j, k_BkGK, v_BkGK, kvi_k, kvseg_Bk, prefix_Bk, bias_n = kv
@@ -157,12 +171,12 @@ def _backward(scale, bq, bk, L_S, saved, dout_BLGRK):
 
         init = (jnp.zeros((B, bk, G, K), jnp.float32), jnp.zeros((B, bk, G, K), jnp.float32))
         (dk, dv), (dq_part_n, db_n) = jax.lax.scan(
-            step, init, (jnp.arange(nq), q_n, do_n, lse_n, delta_n, qi_n, qseg_n, bias_n))
+            step, init, (q_steps, q_n, do_n, lse_n, delta_n, qi_n, qseg_n, bias_n))
         return dq_n + dq_part_n, (dk, dv, db_n)
 
     dq0 = jnp.zeros((nq, B, bq, G, R, K), jnp.float32)
     dq_n, (dk_n, dv_n, db_mn) = jax.lax.scan(one_kv_block, dq0,
-                                             (jnp.arange(nk), k_n, v_n, kvi_n, kvseg_n, prefix_n, bias_mn))
+                                             (kv_steps, k_n, v_n, kvi_n, kvseg_n, prefix_n, bias_mn))
     dq = jnp.moveaxis(dq_n, 0, 1).reshape(q_BLGRK.shape).astype(q_BLGRK.dtype)
     dk = jnp.moveaxis(dk_n, 0, 1).reshape(k_BSGK.shape).astype(k_BSGK.dtype)
     dv = jnp.moveaxis(dv_n, 0, 1).reshape(v_BSGK.shape).astype(v_BSGK.dtype)

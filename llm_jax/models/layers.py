@@ -5,6 +5,7 @@ G key/value heads, R query heads per kv head (H = G*R), K head dim, F MLP hidden
 Every parameter is declared with logical axis names; parallel/ maps them onto the mesh.
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -33,22 +34,53 @@ def weight(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str
     """Declare a parameter in param_dtype with logical axes; return it cast to the compute dtype."""
     init = init or nn.initializers.normal(cfg.init_std)
     w = module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
-    return w.astype(cfg.dtype)
+    if w.dtype == jnp.dtype(cfg.dtype):
+        return w
+    # Cast each shard where it lies, so that FSDP gathers the compute dtype (half the bytes for bf16) rather than
+    # the float32 parameter.
+    return constrain(w.astype(cfg.dtype), axes)
 
 
-def dense(x: Array, w: Array, n_in: int = 1) -> Array:
+def dense(x: Array, w: Array, n_in: int = 1, grad_dtype: str = "float32") -> Array:
     """Contract the last `n_in` axes of x with the first `n_in` of w, as one 2-D matmul over all tokens.
 
     The same product as an einsum, but with batch and length merged into one axis: the weight gradient then
     contracts a single axis, which XLA's CPU matmuls take as is, while a contraction over (batch, length) makes it
     first write a transposed copy of the activation gradient (a quarter to a third of a CPU step).
+
+    `grad_dtype` (model.grad_reduce_dtype): the dtype the weight gradient leaves its matmul in. Under FSDP or data
+    parallelism that matmul's output is what gets summed across devices, so bfloat16 halves the reduce-scatter.
     """
     lead, inner = x.shape[: x.ndim - n_in], w.shape[n_in:]
     x_NI, w_IO = x.reshape(-1, math.prod(w.shape[:n_in])), w.reshape(-1, math.prod(inner))
+    matmul = _matmul if jnp.dtype(grad_dtype) == jnp.float32 else functools.partial(_reduced_in, grad_dtype)
+    return matmul(x_NI, w_IO).astype(x.dtype).reshape(*lead, *inner)
+
+
+def _matmul(x_NI: Array, w_IO: Array) -> Array:
     # Accumulate in float32: bf16 x bf16 -> f32 runs as a bf16 matmul on CPUs with AMX or AVX512-BF16, while
     # XLA:CPU turns a dot with a bf16 output into an f32 one, inputs and all.
-    y_NO = jnp.matmul(x_NI, w_IO, preferred_element_type=jnp.float32).astype(x.dtype)
-    return y_NO.reshape(*lead, *inner)
+    return jnp.matmul(x_NI, w_IO, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _reduced_in(grad_dtype: str, x_NI: Array, w_IO: Array) -> Array:
+    return _matmul(x_NI, w_IO)
+
+
+def _reduced_in_fwd(grad_dtype: str, x_NI: Array, w_IO: Array):
+    return _matmul(x_NI, w_IO), (x_NI, w_IO)
+
+
+def _reduced_in_bwd(grad_dtype: str, saved, g_NO: Array):
+    x_NI, w_IO = saved
+    g_NO = g_NO.astype(x_NI.dtype)  # the output was cast to x's dtype: its cotangent carries no more precision
+    dx_NI = jnp.matmul(g_NO, w_IO.T, preferred_element_type=jnp.float32).astype(x_NI.dtype)
+    dw_IO = jnp.matmul(x_NI.T, g_NO, preferred_element_type=jnp.dtype(grad_dtype)).astype(w_IO.dtype)
+    return dx_NI, dw_IO
+
+
+_reduced_in.defvjp(_reduced_in_fwd, _reduced_in_bwd)
 
 
 class Norm(nn.Module):
@@ -148,10 +180,10 @@ class Attention(nn.Module):
         wo_HKD = weight(self, "wo", (H, K, D), ("heads", "kv", "embed"), c, out_init)
         rope_kv = c.positions == "rope" and kv_BSD is None and fixed_kv is None  # self-attention only
 
-        q_BLHK = dense(x_BLD, wq_DHK)
+        q_BLHK = dense(x_BLD, wq_DHK, grad_dtype=c.grad_reduce_dtype)
         if fixed_kv is None:
-            k_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wk_DGK)
-            v_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wv_DGK)
+            k_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wk_DGK, grad_dtype=c.grad_reduce_dtype)
+            v_BSGK = dense(x_BLD if kv_BSD is None else kv_BSD, wv_DGK, grad_dtype=c.grad_reduce_dtype)
         else:
             k_BSGK, v_BSGK = fixed_kv
         if c.use_bias or c.qkv_bias:
@@ -176,7 +208,7 @@ class Attention(nn.Module):
                           bias_BHLS=bias_BHLS, self_attention=kv_BSD is None and fixed_kv is None,
                           cached=cache is not None)
         out_BLHK = constrain(out_BLHK, ("batch", "length", "heads", "kv"))
-        out_BLD = dense(out_BLHK, wo_HKD, n_in=2)
+        out_BLD = dense(out_BLHK, wo_HKD, n_in=2, grad_dtype=c.grad_reduce_dtype)
         if c.use_bias:
             out_BLD = out_BLD + bias(self, "bo", (D,), ("embed",), c)
         return out_BLD, (k_BSGK, v_BSGK)
@@ -195,7 +227,7 @@ class Mlp(nn.Module):
         out_init = nn.initializers.normal(c.init_std / (2 * c.num_layers) ** 0.5)
 
         def project(name: str) -> Array:
-            h_BLF = dense(x_BLD, weight(self, name, (D, F), ("embed", "mlp"), c))
+            h_BLF = dense(x_BLD, weight(self, name, (D, F), ("embed", "mlp"), c), grad_dtype=c.grad_reduce_dtype)
             return h_BLF + bias(self, f"b{name[1:]}", (F,), ("mlp",), c) if c.use_bias else h_BLF
 
         if c.mlp in ("swiglu", "geglu"):
@@ -206,5 +238,6 @@ class Mlp(nn.Module):
         else:
             h_BLF = jax.nn.gelu(project("wi"), approximate=c.mlp == "gelu")
         h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
-        out_BLD = dense(h_BLF, weight(self, "wo", (F, D), ("mlp", "embed"), c, out_init))
+        out_BLD = dense(h_BLF, weight(self, "wo", (F, D), ("mlp", "embed"), c, out_init),
+                        grad_dtype=c.grad_reduce_dtype)
         return out_BLD + bias(self, "bo", (D,), ("embed",), c) if c.use_bias else out_BLD

@@ -26,6 +26,12 @@ class Hardware:
     measured_peak: float = 0.0  # FLOP/s per device when measured here (CPUs) instead of looked up
 
     @property
+    def platform(self) -> str:
+        """JAX's platform name for this device: 'gpu', 'tpu' or 'cpu'."""
+        return "gpu" if self.device_kind.startswith("NVIDIA") else "tpu" if self.device_kind.startswith("TPU") \
+            else "cpu"
+
+    @property
     def peak_flops(self) -> float:
         """Dense bf16 FLOP/s per device (0 when unknown)."""
         return self.measured_peak or table_peak(self.device_kind) or 0.0

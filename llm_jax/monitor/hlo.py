@@ -3,6 +3,11 @@ axis), each computation weighted by how often it runs.
 
 XLA's cost_analysis() counts a loop body once whatever its trip count (a model with scanned layers reports about
 1/num_layers of the unrolled model's FLOPs); here a while loop's body counts `known_trip_count` times.
+
+The program is compiled for fake CPU devices, whose compiler differs from a GPU's or TPU's in two ways that matter
+for the collectives, both undone here: XLA:CPU widens a bf16 collective to f32 (a bf16 value converted to f32
+just before it is counted at its bf16 size), and it leaves FSDP's gradient reduce-scatter an all-reduce followed
+by each device slicing out its shard (counted as the reduce-scatter that the accelerator compilers make of it).
 """
 
 import dataclasses
@@ -21,6 +26,7 @@ _CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_c
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_LAYOUT = {"bitcast", "reshape", "copy", "transpose"}  # ops that move a value without changing its precision
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
          "after-all", "partition-id", "replica-id", "opt-barrier", "iota"}
 
@@ -180,6 +186,105 @@ def _traffic(op: str, nbytes: float, n: int) -> float:
             "all-reduce": 2 * nbytes * (n - 1) / n, "all-to-all": nbytes * (n - 1) / n}.get(op, nbytes)
 
 
+def _narrow_bytes(instr: _Instr | None, names: dict[str, _Instr], comps: dict[str, list[_Instr]]) -> int:
+    """Bytes per element a collective's operand really carries: 2 when it is a 2-byte value (bf16, f16) that XLA:CPU
+    widened to 4 just before the collective, else its own size."""
+    def source(i: _Instr | None, scope: dict[str, _Instr]) -> _Instr | None:
+        while i is not None and i.op in _LAYOUT and i.operands:
+            i = scope.get(i.operands[0])
+        return i
+
+    own = instr.arrays[0][1] if instr is not None and len(instr.arrays) == 1 else 4
+    if instr is not None and instr.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", instr.attrs)):
+        body = comps.get(callee.group(1), [])
+        scope = {i.name: i for i in body}
+        root = source(next((i for i in body if i.root), None), scope)
+    else:
+        scope, root = names, source(instr, names)
+    if root is None or root.op != "convert" or own != 4 or not root.operands:
+        return own
+    inner = source(scope.get(root.operands[0]), scope)
+    return 2 if inner is not None and len(inner.arrays) == 1 and inner.arrays[0][1] == 2 else own
+
+
+_PASS = {"convert", "bitcast", "copy", "reshape"}  # ops a value passes through on its way to the slice it is cut to
+
+
+def _narrowed(name: str, users: dict[str, list[_Instr]], comps: dict[str, list[_Instr]]) -> bool:
+    """Every reader of value `name` converts it, whole, to a 2-byte type first: XLA:CPU runs a matmul with a bf16
+    output in f32 and narrows after the collective, so on the target the collective carried bf16. (A gradient
+    reduced in f32 is sliced to its shard before it is narrowed, and does not count.)"""
+    def narrows(reader: _Instr, value: str, scope: dict[str, list[_Instr]]) -> bool:
+        if reader.op == "convert":
+            return reader.arrays[0][1] == 2
+        if reader.op == "bitcast":
+            after = scope.get(reader.name, [])
+            return bool(after) and all(narrows(r, reader.name, scope) for r in after)
+        if reader.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", reader.attrs)):
+            body = comps.get(callee.group(1), [])
+            inner = _users(body)
+            params = [i for i in body if i.op == "parameter" and reader.operands[int(i.args)] == value]
+            return bool(params) and all(inner.get(p.name) and all(narrows(r, p.name, inner) for r in inner[p.name])
+                                        for p in params)
+        return False
+
+    readers = users.get(name, [])
+    return bool(readers) and all(narrows(r, name, users) for r in readers)
+
+
+def _users(body: list[_Instr]) -> dict[str, list[_Instr]]:
+    users = defaultdict(list)
+    for instr in body:
+        for o in instr.operands:
+            users[o].append(instr)
+    return users
+
+
+def _sliced_elements(name: str, users: dict[str, list[_Instr]], comps: dict[str, list[_Instr]]) -> int | None:
+    """How many elements of value `name` are read, when every use of it reaches a slice through converts, copies and
+    reshapes (inside fusions too); None when some use reads it whole."""
+    readers, total = users.get(name, []), 0
+    if not readers:
+        return None
+    for u in readers:
+        if u.op in ("dynamic-slice", "slice") and u.operands[0] == name:
+            n = math.prod(u.arrays[0][0])
+        elif u.op in _PASS:
+            n = _sliced_elements(u.name, users, comps)
+        elif u.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", u.attrs)):
+            body = comps.get(callee.group(1), [])
+            inner, n = _users(body), 0
+            for k, o in enumerate(u.operands):
+                param = next((i for i in body if i.op == "parameter" and i.args == str(k)), None)
+                if o != name or param is None:
+                    continue
+                part = _sliced_elements(param.name, inner, comps)
+                if part is None and all(i.op in _PASS | {"parameter"} for i in body):
+                    part = _sliced_elements(u.name, users, comps)  # the fusion only converts it: follow its result
+                if part is None:
+                    return None
+                n += part
+        else:
+            return None
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _scattered(instr: _Instr, users: dict[str, list[_Instr]], comps: dict[str, list[_Instr]], n: int) -> bool:
+    """An all-reduce whose every result is read only through slices of at most 1/n of it: a reduce-scatter."""
+    results = [(instr.name, instr.arrays[0][0])] if len(instr.arrays) == 1 else \
+        [(u.name, u.arrays[0][0]) for u in users.get(instr.name, []) if u.op == "get-tuple-element"]
+    if n <= 1 or not results:
+        return False
+    for name, dims in results:
+        read = _sliced_elements(name, users, comps)
+        if read is None or read * n > math.prod(dims) * 1.01:
+            return False
+    return True
+
+
 @dataclasses.dataclass
 class StepCost:
     matmul_flops: float  # per device per step: the dots in the compiled program, loop trips counted
@@ -187,7 +292,9 @@ class StepCost:
     collectives: list[Collective]
 
 
-def step_cost(text: str, mesh_shape: dict[str, int]) -> StepCost:
+def step_cost(text: str, mesh_shape: dict[str, int], on_chip: tuple[str, ...] = ()) -> StepCost:
+    """`on_chip`: name scopes whose operations keep their data in on-chip memory on the target (a fused attention
+    kernel's blocks): their FLOPs count, their memory traffic does not."""
     comps = parse_hlo(text)
     counts, fused = run_counts(comps)
     flops, nbytes, found = 0.0, 0.0, {}
@@ -195,6 +302,7 @@ def step_cost(text: str, mesh_shape: dict[str, int]) -> StepCost:
         n = counts.get(name, 0.0)
         dims = {i.name: i.arrays[0][0] for i in body if len(i.arrays) == 1}
         size = {i.name: i.bytes for i in body}
+        names, users = {i.name: i for i in body}, _users(body)
         for instr in body:
             op = instr.op.removesuffix("-start")
             if instr.op == "dot":
@@ -203,13 +311,26 @@ def step_cost(text: str, mesh_shape: dict[str, int]) -> StepCost:
                 groups = replica_groups(instr.attrs)
                 axes = group_axes(groups, mesh_shape) if groups else ("?",)
                 group = len(groups[0]) if groups else math.prod(mesh_shape.values())
-                per_call = max(math.prod(d) * b for d, b in instr.arrays) if instr.op.endswith("-start") \
-                    else instr.bytes
+                arrays = [max(instr.arrays, key=lambda a: math.prod(a[0]) * a[1])] if instr.op.endswith("-start") \
+                    else instr.arrays
+                if len(arrays) == len(instr.operands):  # one result per operand: each at the precision it carries
+                    arrays = [(d, min(b, _narrow_bytes(names.get(o), names, comps)))
+                              for (d, b), o in zip(arrays, instr.operands, strict=True)]
+                    results = {0: instr.name} if len(arrays) == 1 else \
+                        {int(re.search(r"index=(\d+)", u.attrs).group(1)): u.name
+                         for u in users.get(instr.name, []) if u.op == "get-tuple-element"}
+                    arrays = [(d, 2 if b == 4 and k in results and _narrowed(results[k], users, comps) else b)
+                              for k, (d, b) in enumerate(arrays)]
+                per_call = sum(math.prod(d) * b for d, b in arrays)
+                if op == "all-reduce" and _scattered(instr, users, comps, group):
+                    op, per_call = "reduce-scatter", per_call / group
                 c = found.setdefault((op, axes), Collective(op, axes, group))
                 c.in_hlo, c.per_step, c.bytes = c.in_hlo + 1, c.per_step + n, c.bytes + n * per_call
                 c.traffic += n * _traffic(op, per_call, 2 if op == "collective-permute" else group)
                 continue
             if name in fused or instr.op in _FREE or instr.op.endswith("-done"):
+                continue
+            if on_chip and any(f"/{scope}/" in instr.attrs for scope in on_chip):
                 continue
             operands = [size.get(o, 0) for o in instr.operands]
             if instr.op == "fusion":
