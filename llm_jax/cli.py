@@ -55,6 +55,8 @@ def _bench(argv: list[str]) -> int:
                         help="with --checkpoint or --hf: where to write (a temporary directory inside it, deleted "
                              "after); default: the system's temporary directory")
     args, cfg = parse_with_config(parser, argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be at least 1 and --warmup at least 0 (got {args.steps} and {args.warmup})")
 
     if args.hf:
         from llm_jax.hf.bench import bench_hf

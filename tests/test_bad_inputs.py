@@ -85,6 +85,7 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     (["plan", CFG, "--devices=3"], "train.global_batch=16"),
     (["bench", CFG, "--config.train.stepz=1"], "train.stepz"),
     (["bench", CFG, "--steps=abc"], "--steps"),
+    (["bench", CFG, "--steps=0"], "--steps"),
     (["config", "--config.model.norm_eps=nan"], "model.norm_eps"),
     (["bogus"], "bogus"),
 ]

@@ -75,7 +75,10 @@ def test_bench_prints_figures_and_a_json_last_line():
     assert float(shares["matmul"]) > 5 and float(shares["collective"]) == 0  # one device: no collectives
     assert abs(sum(map(float, shares.values())) - 100) < 0.5 and "slowest ops: " in out.stdout
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) == {"tokens_per_s", "step_time_s", "compile_s", "flops_per_token", "mfu", "peak_gflops"}
+    assert set(result) == {"tokens_per_s", "step_time_s", "compile_s", "flops_per_token", "mfu", "peak_gflops",
+                           "system_time_fraction", "minor_faults_per_step"}
+    # The kernel's share of the timed steps, and their page faults: a fraction and a count, each at least 0.
+    assert 0 <= result["system_time_fraction"] < 1 and result["minor_faults_per_step"] >= 0
     # MFU is the model FLOP/s (FLOPs per token x tokens/s, tokens/s = batch x seq_len / step time) over the peak.
     assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_time_s"], rel=1e-9)
     assert result["mfu"] == pytest.approx(

@@ -6,6 +6,7 @@ accelerators it comes from the table in monitor/flops.py, or `monitor.peak_tflop
 """
 
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -45,6 +46,8 @@ def _profile(compiled, state, batches, print_fn) -> dict[str, float]:
 
 def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print_fn=print,
           profile: bool = False) -> dict:
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"bench needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     run = build_run(cfg)
     t = run.cfg.train
     tokens_per_step = t.global_batch * t.seq_len
@@ -58,12 +61,19 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
         compiled = run.jit_train.lower(state, batches[0]).compile()
         compile_s = time.perf_counter() - start
         times = []
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # taken again when the first timed step starts
         for i, batch in enumerate(batches):
+            if i == warmup:
+                usage = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             state, metrics = compiled(state, batch)
             jax.block_until_ready((state, metrics))
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+        # Kernel time and page faults of the timed steps: memory that the allocator hands back to the system and
+        # faults in again shows here, not in the profile (runtime_memory.py).
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        system_s, faults = end.ru_stime - usage.ru_stime, end.ru_minflt - usage.ru_minflt
         profiled = _profile(compiled, state, batches[warmup:][:3], print_fn) if profile else {}
 
     # Measured after the steps so that both see the same machine state.
@@ -80,6 +90,8 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
         "achieved_gflops": achieved / 1e9,
         "peak_gflops": peak / 1e9,
         "mfu": achieved / peak if peak else float("nan"),
+        "system_time_fraction": system_s / sum(times),
+        "minor_faults_per_step": faults / steps,
         "loss": float(metrics["loss"]),
         **profiled,
     }
@@ -87,6 +99,9 @@ def bench(cfg: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2, print
              f"(over {steps} steps after {warmup} warm-up) | {result['tokens_per_s']:,.0f} tokens/s")
     print_fn(f"model FLOPs/token {fpt / 1e6:.1f}M | achieved {achieved / 1e9:.1f} GFLOP/s | peak "
              f"{peak / 1e9:.1f} GFLOP/s ({peak_source}) | MFU {result['mfu']:.1%}")
+    print_fn(f"system (kernel) time {result['system_time_fraction']:.1%} of the step time | "
+             f"{result['minor_faults_per_step']:,.0f} minor page faults per step")
     print_fn(json.dumps({k: result[k] for k in ("tokens_per_s", "step_time_s", "compile_s", "flops_per_token",
-                                                  "mfu", "peak_gflops")}))
+                                                  "mfu", "peak_gflops", "system_time_fraction",
+                                                  "minor_faults_per_step")}))
     return result
