@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.models.head import OutputHead, chunk_logits
+from llm_jax.models.layout import constrain
 from llm_jax.objectives.example import Example
 
 
@@ -64,10 +65,14 @@ def in_chunks(head: OutputHead, example: Example, chunk: int,
     def one(w_DV, b_V, x_BTD, targets_BT, weights_BT):
         return sums(chunk_logits(x_BTD, w_DV, b_V), {"targets": targets_BT, "weights": weights_BT})
 
-    def add(total, xs):
-        return jax.tree.map(jnp.add, total, one(head.w_DV, head.b_V, *xs)), None
+    # Gathered over FSDP once, outside the loop: left sharded, the partitioner gathers it again in every chunk,
+    # forward and backward (for llama3_8b at 8192 tokens in chunks of 1024, 15 GiB more per device per step).
+    w_DV = constrain(head.w_DV, (None, "vocab"))
 
-    first = jax.eval_shape(one, head.w_DV, head.b_V, x_NBTD[0], targets_NBT[0], weights_NBT[0])
+    def add(total, xs):
+        return jax.tree.map(jnp.add, total, one(w_DV, head.b_V, *xs)), None
+
+    first = jax.eval_shape(one, w_DV, head.b_V, x_NBTD[0], targets_NBT[0], weights_NBT[0])
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
     total, _ = jax.lax.scan(add, zeros, (x_NBTD, targets_NBT, weights_NBT))
     return total
