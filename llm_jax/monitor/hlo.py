@@ -285,6 +285,25 @@ def _scattered(instr: _Instr, users: dict[str, list[_Instr]], comps: dict[str, l
     return True
 
 
+def _in_scope(instr: _Instr, scopes: tuple[str, ...]) -> bool:
+    return any(f"/{scope}/" in instr.attrs for scope in scopes)
+
+
+def _called_from(comps: dict[str, list[_Instr]], scopes: tuple[str, ...]) -> set[str]:
+    """Computations run from inside one of the name scopes (loop bodies, branches, fusions of its ops): their own
+    instructions often carry no name (the compiler's fusions), only the loop or branch that calls them."""
+    inside: set[str] = set()
+    if not scopes:
+        return inside
+    for name in reversed(comps):  # callers before callees
+        for instr in comps[name]:
+            if name in inside or _in_scope(instr, scopes):
+                inside.update(callee for _, callee in _CALLEE.findall(instr.attrs))
+                inside.update(re.findall(r"%([\w.-]+)", instr.attrs.partition("branch_computations={")[2]
+                                         .split("}")[0]))
+    return inside
+
+
 @dataclasses.dataclass
 class StepCost:
     matmul_flops: float  # per device per step: the dots in the compiled program, loop trips counted
@@ -297,6 +316,7 @@ def step_cost(text: str, mesh_shape: dict[str, int], on_chip: tuple[str, ...] = 
     kernel's blocks): their FLOPs count, their memory traffic does not."""
     comps = parse_hlo(text)
     counts, fused = run_counts(comps)
+    inside = _called_from(comps, on_chip)
     flops, nbytes, found = 0.0, 0.0, {}
     for name, body in comps.items():
         n = counts.get(name, 0.0)
@@ -330,7 +350,7 @@ def step_cost(text: str, mesh_shape: dict[str, int], on_chip: tuple[str, ...] = 
                 continue
             if name in fused or instr.op in _FREE or instr.op.endswith("-done"):
                 continue
-            if on_chip and any(f"/{scope}/" in instr.attrs for scope in on_chip):
+            if name in inside or _in_scope(instr, on_chip):
                 continue
             operands = [size.get(o, 0) for o in instr.operands]
             if instr.op == "fusion":
