@@ -7,6 +7,7 @@ from llm_jax.cli_trained import eval_command, export_command, hf_command, sample
 from llm_jax.config import ConfigError, load_config
 from llm_jax.config.validate import check_keys
 from llm_jax.data.sources import DataError
+from llm_jax.malloc import keep_freed_memory
 
 
 def _train(argv: list[str]) -> int:
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
+    keep_freed_memory()  # before JAX allocates anything
     if command not in HANDLERS:
         print(f"error: unknown command '{command}'; choose one of {', '.join(HANDLERS)} (llm-jax --help)",
               file=sys.stderr)
