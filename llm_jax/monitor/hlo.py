@@ -78,6 +78,17 @@ def parse_hlo(text: str) -> dict[str, list[_Instr]]:
     return comps
 
 
+def _branches(instr: _Instr) -> list[str]:
+    """The computations a conditional runs (one per branch)."""
+    return re.findall(r"%([\w.-]+)", instr.attrs.partition("branch_computations={")[2].split("}")[0])
+
+
+def _fused_body(instr: _Instr, comps: dict[str, list[_Instr]]) -> list[_Instr] | None:
+    """The computation a fusion runs (None: not a fusion, or its body is not in the program text)."""
+    callee = re.search(r"calls=%([\w.-]+)", instr.attrs) if instr.op == "fusion" else None
+    return comps.get(callee.group(1)) if callee else None
+
+
 def run_counts(comps: dict[str, list[_Instr]]) -> tuple[dict[str, float], set[str]]:
     """How many times each computation runs per step (loop bodies times their trip count), and which are fused
     (their instructions live in registers and caches, not memory)."""
@@ -92,7 +103,7 @@ def run_counts(comps: dict[str, list[_Instr]]) -> tuple[dict[str, float], set[st
                 counts[callee] += counts[name] * times
                 if instr.op == "fusion" or name in fused:
                     fused.add(callee)
-            for callee in re.findall(r"%([\w.-]+)", instr.attrs.partition("branch_computations={")[2].split("}")[0]):
+            for callee in _branches(instr):
                 counts[callee] += counts[name]
     return counts, fused
 
@@ -195,8 +206,7 @@ def _narrow_bytes(instr: _Instr | None, names: dict[str, _Instr], comps: dict[st
         return i
 
     own = instr.arrays[0][1] if instr is not None and len(instr.arrays) == 1 else 4
-    if instr is not None and instr.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", instr.attrs)):
-        body = comps.get(callee.group(1), [])
+    if instr is not None and (body := _fused_body(instr, comps)) is not None:
         scope = {i.name: i for i in body}
         root = source(next((i for i in body if i.root), None), scope)
     else:
@@ -207,7 +217,7 @@ def _narrow_bytes(instr: _Instr | None, names: dict[str, _Instr], comps: dict[st
     return 2 if inner is not None and len(inner.arrays) == 1 and inner.arrays[0][1] == 2 else own
 
 
-_PASS = {"convert", "bitcast", "copy", "reshape"}  # ops a value passes through on its way to the slice it is cut to
+_PASS = (_LAYOUT - {"transpose"}) | {"convert"}  # ops a value passes through on its way to the slice it is cut to
 
 
 def _narrowed(name: str, users: dict[str, list[_Instr]], comps: dict[str, list[_Instr]]) -> bool:
@@ -220,8 +230,7 @@ def _narrowed(name: str, users: dict[str, list[_Instr]], comps: dict[str, list[_
         if reader.op == "bitcast":
             after = scope.get(reader.name, [])
             return bool(after) and all(narrows(r, reader.name, scope) for r in after)
-        if reader.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", reader.attrs)):
-            body = comps.get(callee.group(1), [])
+        if (body := _fused_body(reader, comps)) is not None:
             inner = _users(body)
             params = [i for i in body if i.op == "parameter" and reader.operands[int(i.args)] == value]
             return bool(params) and all(inner.get(p.name) and all(narrows(r, p.name, inner) for r in inner[p.name])
@@ -251,8 +260,7 @@ def _sliced_elements(name: str, users: dict[str, list[_Instr]], comps: dict[str,
             n = math.prod(u.arrays[0][0])
         elif u.op in _PASS:
             n = _sliced_elements(u.name, users, comps)
-        elif u.op == "fusion" and (callee := re.search(r"calls=%([\w.-]+)", u.attrs)):
-            body = comps.get(callee.group(1), [])
+        elif (body := _fused_body(u, comps)) is not None:
             inner, n = _users(body), 0
             for k, o in enumerate(u.operands):
                 param = next((i for i in body if i.op == "parameter" and i.args == str(k)), None)
@@ -299,8 +307,7 @@ def _called_from(comps: dict[str, list[_Instr]], scopes: tuple[str, ...]) -> set
         for instr in comps[name]:
             if name in inside or _in_scope(instr, scopes):
                 inside.update(callee for _, callee in _CALLEE.findall(instr.attrs))
-                inside.update(re.findall(r"%([\w.-]+)", instr.attrs.partition("branch_computations={")[2]
-                                         .split("}")[0]))
+                inside.update(_branches(instr))
     return inside
 
 
@@ -354,8 +361,7 @@ def step_cost(text: str, mesh_shape: dict[str, int], on_chip: tuple[str, ...] = 
                 continue
             operands = [size.get(o, 0) for o in instr.operands]
             if instr.op == "fusion":
-                callee = re.search(r"calls=%([\w.-]+)", instr.attrs)
-                nbytes += n * _fusion_bytes(instr, comps.get(callee.group(1), []) if callee else [], operands)
+                nbytes += n * _fusion_bytes(instr, _fused_body(instr, comps) or [], operands)
             elif instr.op == "dynamic-slice":
                 nbytes += n * 2 * instr.bytes
             elif instr.op == "dynamic-update-slice" and len(operands) > 1:
