@@ -67,3 +67,11 @@ def test_a_changed_model_key_is_refused_even_when_shapes_stay_the_same(tmp_path)
                                                      rf"{json.dumps(cfg.model[key])} -> {json.dumps(value)}\."):
             train(changed, tmp_path, jax.devices()[:1])
         assert _listing(tmp_path) == before
+    # How the same weights are computed is not another model: a run may switch attention or remat on resume.
+    how = small_config()
+    how.train.steps, how.model.attention, how.model.attention_block_kv, how.model.remat = 4, "chunked", 16, "full"
+    train(how, tmp_path, jax.devices()[:1])
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["resumed_from"] == 2
+    assert {"model.attention", "model.attention_block_kv", "model.remat"} <= record["config_changes"].keys()
+    assert 4 in _steps(tmp_path)

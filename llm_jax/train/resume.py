@@ -5,7 +5,8 @@
   of them fall back together, so they resume from the same step.
 - A workdir whose checkpoints are all damaged is an error, not a fresh start.
 - The newest whole checkpoint's saved config is compared with this run's: a change of the model (any `model.*`
-  key) or of the tokenizer is refused with the diff; other changes (steps, lr, cadences) are shown and recorded.
+  key but those of HOW_COMPUTED) or of the tokenizer is refused with the diff; other changes (steps, lr, cadences,
+  the attention implementation, remat) are shown and recorded.
 - A saved state of another structure, shape or dtype is refused naming what differs. Any other error while
   restoring is raised: the checkpoint is not skipped, so a later save can never rotate it away.
 """
@@ -25,6 +26,10 @@ from llm_jax.config.load import flatten
 from llm_jax.train.preemption import agree_any
 
 REFUSED_PREFIXES = ("model.",)  # changing these continues a different model from the saved weights
+# Model keys that say how the same function of the same weights is computed, not which function: a run moved to a
+# GPU or a longer context may switch them on resume.
+HOW_COMPUTED = frozenset({"model.attention", "model.attention_block_q", "model.attention_block_kv",
+                          "model.attention_chunked_from", "model.remat", "model.dtype", "model.grad_reduce_dtype"})
 
 
 class ResumeRefusedError(CheckpointError):
@@ -91,7 +96,7 @@ def choose(ckpt: Checkpointer, cfg_json: dict, tokenizer_identity: dict, say) ->
         except CheckpointError as e:
             raise ResumeRefusedError(str(e)) from None
         changes = config_changes(meta.get("config", {}), cfg_json)
-        refused = {k: v for k, v in changes.items() if k.startswith(REFUSED_PREFIXES)}
+        refused = {k: v for k, v in changes.items() if k.startswith(REFUSED_PREFIXES) and k not in HOW_COMPUTED}
         if refused:
             cause = [k for k in changes if k.startswith("objective.")] if "model.vocab_size" in refused else []
             why = (f" (model.vocab_size is the tokenizer's plus the objective's extra ids, [MASK] or sentinels: "
