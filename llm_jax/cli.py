@@ -166,6 +166,12 @@ def _plan(argv: list[str]) -> int:
     parser.add_argument("--hbm-gib", type=float, default=None, help="device memory in GiB (default: the kind's)")
     flags, overrides = split_config_flags(argv)
     args = parser.parse_args(flags)
+    for flag, value, least in (("--devices", args.devices, 1), ("--processes", args.processes, 1),
+                               ("--slices", args.slices, 0)):
+        if value is not None and value < least:
+            parser.error(f"{flag} must be at least {least} (got {value})")
+    if args.hbm_gib is not None and not args.hbm_gib > 0:  # `not >` also refuses nan
+        parser.error(f"--hbm-gib must be a positive number of GiB (got {args.hbm_gib})")
     # No init_runtime(): the plan runs on this machine's CPU, with as many fake devices as the target has.
     cfg = load_config(args.config, overrides)
     check_keys(cfg)

@@ -83,6 +83,12 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     # plan, bench, config, and the command itself
     (["plan", CFG, "--config.optimizer.b1=1.5"], "optimizer.b1=1.5"),
     (["plan", CFG, "--devices=3"], "train.global_batch=16"),
+    (["plan", CFG, "--devices=0"], "--devices must be at least 1"),
+    (["plan", CFG, "--devices=-8"], "--devices must be at least 1"),
+    (["plan", CFG, "--hbm-gib=-1"], "--hbm-gib must be a positive"),
+    (["plan", CFG, "--device-kind=cpu", "--config.model.attention=cudnn", "--config.model.dtype=bfloat16"],
+     "model.attention=cudnn runs on GPUs"),
+    (["plan", CFG, "--device-kind=h100", "--config.model.attention=splash"], "model.attention=splash runs on TPUs"),
     (["bench", CFG, "--config.train.stepz=1"], "train.stepz"),
     (["bench", CFG, "--steps=abc"], "--steps"),
     (["bench", CFG, "--steps=0"], "--steps"),

@@ -63,6 +63,11 @@ def test_a_job_over_the_device_memory_gets_the_does_not_fit_verdict(fsdp8):
     verdict = report(small)[-1]
     assert verdict.startswith(f"DOES NOT FIT: needs {fsdp8.total_bytes / GIB:.2f} GiB per device, the device has ")
     assert "more fsdp" in verdict and "remat=full" in verdict and "per_device_batch" in verdict
+    assert "model.attention=chunked" not in verdict and "loss_chunk" not in verdict  # 32 tokens: nothing to cut
+    long = small.cfg.copy_and_resolve_references()
+    long.train.seq_len, long.model.attention_block_kv, long.model.attention = 4096, 512, "xla"
+    verdict = report(dataclasses.replace(small, cfg=long))[-1]
+    assert "--config.model.attention=chunked" in verdict and "--config.train.loss_chunk=512" in verdict
 
 
 def test_collectives_fsdp_gathers_over_fsdp_and_data_parallel_all_reduces_over_data(fsdp8, dp8_unrolled):
@@ -103,6 +108,7 @@ def test_cli_prints_the_table_and_a_json_last_line():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "compiled the train step for 8 fake CPU devices" in out.stdout
     assert "memory per device" in out.stdout and "all-gather" in out.stdout
+    assert "note: planned at train.seq_len=32, the model takes up to " in out.stdout
     lines = out.stdout.strip().splitlines()
     assert lines[-2].startswith("DOES NOT FIT: needs ")
     result = json.loads(lines[-1])

@@ -25,6 +25,7 @@ Array = jax.Array
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 FUSED_DTYPES = ("bfloat16", "float16")  # what cuDNN's flash attention computes in
 FUSED = ("cudnn", "splash")  # kernels that keep their blocks in on-chip memory
+KERNEL_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}  # where each fused kernel runs (splash elsewhere: interpreted)
 
 
 def resolve(cfg: FrozenConfigDict, platform: str, S: int) -> str:

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from llm_jax.config.load import ConfigError, load_module
 from llm_jax.config.validate import MESH_AXES, finalize, resolve_mesh, shards_of, uses_dcn, validate
 from llm_jax.data.tokenizer import make_tokenizer
-from llm_jax.models.attention import FUSED, resolve
+from llm_jax.models.attention import FUSED, KERNEL_PLATFORM, resolve
 from llm_jax.models.chunked import KERNEL_SCOPE
 from llm_jax.models.layout import on_mesh
 from llm_jax.monitor.flops import flops_per_token
@@ -70,7 +70,9 @@ def use_fake_devices(n: int) -> list:
     os.environ["JAX_PLATFORMS"] = "cpu"
     try:
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", n)
+        # A count forced in XLA_FLAGS (the tests' 8) is kept: overriding it would shrink every later mesh.
+        if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+            jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # the backend is already up (tests): plan on the devices it has
         pass
     cpus = jax.devices("cpu")
@@ -197,6 +199,12 @@ def attention_stand_in(cfg: ml_collections.ConfigDict, hw: Hardware) -> str | No
     implementation = resolve(cfg.model, hw.platform, cfg.train.seq_len)
     if implementation not in FUSED:
         return None
+    if KERNEL_PLATFORM[implementation] != hw.platform:
+        auto = cfg.model.copy_and_resolve_references()
+        auto.attention = "auto"
+        raise ConfigError(f"model.attention={implementation} runs on {KERNEL_PLATFORM[implementation].upper()}s, "
+                          f"but the target is {hw.name} ({hw.platform}); use model.attention=auto (for this "
+                          f"target: {resolve(auto, hw.platform, cfg.train.seq_len)})")
     cfg.model.attention = "chunked"
     return implementation
 
@@ -249,7 +257,14 @@ def verdict(p: Plan) -> str:
     need, have = p.total_bytes / GIB, p.hw.hbm_gib
     if p.fits:
         return f"fits: {need:.2f} GiB of {have:.4g} GiB per device ({need / have:.0%})"
-    tries = ["more fsdp (--config.mesh.fsdp, or more devices)"]
+    tries, L = [], p.cfg.train.seq_len
+    # These two remove the largest temporaries (scores [B, H, L, S] and logits [B, L, V]) at no cost in FLOPs,
+    # where the sequence is long enough to be cut into blocks.
+    if resolve(p.cfg.model, p.hw.platform, L) == "xla" and 2 * p.cfg.model.attention_block_kv <= L:
+        tries.append("blockwise attention (--config.model.attention=chunked, or =auto on a GPU/TPU target)")
+    if not p.cfg.train.loss_chunk and L >= 256:
+        tries.append(f"a chunked loss (--config.train.loss_chunk={min(512, L // 4)})")
+    tries.append("more fsdp (--config.mesh.fsdp, or more devices)")
     if p.cfg.model.remat != "full":
         tries.append("remat=full (--config.model.remat=full)")
     tries.append("smaller per_device_batch (--config.train.per_device_batch; train.grad_accum keeps the batch)")
@@ -346,7 +361,11 @@ def run(cfg: ml_collections.ConfigDict, config_file: str, devices: int | None = 
     if hbm_gib:
         hw = dataclasses.replace(hw, hbm_gib=hbm_gib)
     result = plan(cfg, target, hw, fake)
-    for line in report(result, (note,) if note else ()):
+    notes = [note] if note else []
+    if cfg.train.seq_len < cfg.model.max_seq_len:
+        notes.append(f"planned at train.seq_len={cfg.train.seq_len}, the model takes up to {cfg.model.max_seq_len} "
+                     f"tokens: plan its full context with --config.train.seq_len={cfg.model.max_seq_len}")
+    for line in report(result, tuple(notes)):
         print_fn(line)
     print_fn(json.dumps(summary(result)))
     return result
