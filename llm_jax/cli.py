@@ -138,7 +138,8 @@ def _data(argv: list[str]) -> int:
 
         bench_data(cfg, args.batches)
         return 0
-    from llm_jax.data.pipeline import check_sources, prepare_data
+    from llm_jax.data.pipeline import check_sources
+    from llm_jax.data.prepare import prepare_data
 
     check_sources(cfg.data)
     meta = prepare_data(cfg, args.out, args.rows_per_shard)

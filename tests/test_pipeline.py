@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from llm_jax.data.pipeline import make_data, prepare_data
+from llm_jax.data.pipeline import make_data
+from llm_jax.data.prepare import prepare_data
 from llm_jax.data.sources import DataError
 from llm_jax.data.tokenizer_train import train_sentencepiece
 from tests.conftest import TRAIN_CONFIG, small_config

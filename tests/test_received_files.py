@@ -156,7 +156,7 @@ def test_a_short_safetensors_file_ends_eval_and_init_from_with_one_line(tmp_path
 
 
 def _prepared(tmp_path: pathlib.Path) -> pathlib.Path:
-    from llm_jax.data.pipeline import prepare_data
+    from llm_jax.data.prepare import prepare_data
 
     prepare_data(small_config(), str(tmp_path / "prep"))  # what `llm-jax data prepare` writes
     return tmp_path / "prep"

@@ -162,17 +162,3 @@ def make_data(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None
                                               process_count)
     return Data(tokenizer, train, evaluation, *baseline, stats, weights)
 
-
-def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int = prepared.ROWS_PER_SHARD) -> dict:
-    """Tokenize and pack the configured corpus once into ArrayRecord shards under `out` (see data/prepared.py)."""
-    tokenizer = make_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_path)
-    objective = make_objective(cfg, tokenizer)
-    stats = SourceStats()
-    train_rows, eval_rows = pack_splits(cfg, tokenizer, stats, objective.row_len())
-    loss, accuracy = rows_baseline(objective, train_rows, eval_rows, tokenizer.vocab_size)
-    meta = {"tokenizer": tokenizer.identity(), "seq_len": cfg.train.seq_len, "row_len": objective.row_len(),
-            "objective": objective.name, "packing": cfg.data.packing,
-            "sources": source_groups(cfg.data.train_files) if cfg.data.corpus == "files" else [cfg.data.corpus],
-            "unigram_loss": loss, "unigram_accuracy": accuracy,
-            "tokens": int(sum((r["segment_ids"] != 0).sum() for r in train_rows)), "stats": dict(stats.counts)}
-    return prepared.write(out, train_rows, eval_rows, meta, rows_per_shard)

@@ -19,8 +19,6 @@ import grain
 import ml_collections
 import numpy as np
 
-from llm_jax.data.loader import compact_dtype, stacked
-from llm_jax.data.packing import Rows
 from llm_jax.data.sources import DataError, SourceStats
 from llm_jax.data.tokenizer import Tokenizer
 
@@ -41,36 +39,6 @@ class RecordRows:
     def __getitem__(self, i: int) -> dict:
         row = np.frombuffer(self.source[i], self.dtype).reshape(2, self.row_len).astype(np.int32)
         return {"tokens": row[0], "segment_ids": row[1]}
-
-
-def _write_shards(out: pathlib.Path, prefix: str, rows: Rows, dtype: np.dtype, rows_per_shard: int) -> list[str]:
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    data = stacked(rows, dtype)
-    names = []
-    for shard, start in enumerate(range(0, len(data), rows_per_shard)):
-        names.append(f"{prefix}-{shard:05d}.arrayrecord")
-        writer = ArrayRecordWriter(str(out / names[-1]), "group_size:1")  # one row per chunk: cheap random access
-        for row in data[start:start + rows_per_shard]:
-            writer.write(row.tobytes())
-        writer.close()
-    return names
-
-
-def write(out: str | pathlib.Path, train: list[Rows], validation: Rows, meta: dict,
-          rows_per_shard: int = ROWS_PER_SHARD) -> dict:
-    """Write the shards, then meta.json last: a directory without meta.json is an unfinished preparation."""
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)
-    dtype = compact_dtype(*train, validation)
-    meta = {**meta, "format_version": FORMAT_VERSION, "dtype": dtype.name,
-            "train": [{"rows": len(r["tokens"]), "shards": _write_shards(out, f"train-{i}", r, dtype, rows_per_shard)}
-                      for i, r in enumerate(train)],
-            "validation": {"rows": len(validation["tokens"]),
-                           "shards": _write_shards(out, "validation", validation, dtype, rows_per_shard)}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def read_meta(directory: str) -> dict:

@@ -90,8 +90,15 @@ def _text(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator
         yield from (block.strip("\n") for block in text.replace("\r\n", "\n").split("\n\n"))
 
 
+def _lines(path: epath.Path) -> Iterator[bytes]:
+    """The file's lines as bytes.splitlines() cuts them (a lone \\r ends a line too), read as a stream."""
+    with path.open("rb") as f:
+        for chunk in f:
+            yield from chunk.splitlines()
+
+
 def _jsonl(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+    for lineno, raw in enumerate(_lines(path), 1):
         if not raw.strip():
             continue
         line = _decode(raw, opts, stats)
@@ -115,20 +122,27 @@ def _jsonl(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterato
 def _parquet(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
     import pyarrow.parquet as pq
 
-    try:
-        with path.open("rb") as f:
-            table = pq.read_table(f, columns=[opts.text_field])
-    except KeyError:
-        raise DataError(f"{path}: Parquet file has no column '{opts.text_field}'; set data.text_field") from None
-    except Exception as e:  # pyarrow raises several types for a missing column or a damaged file
-        if opts.text_field in str(e):
-            raise DataError(f"{path}: Parquet file has no column '{opts.text_field}'; set data.text_field") from None
-        raise DataError(f"{path}: not a readable Parquet file ({e.__class__.__name__}: {e})") from None
-    for value in table.column(0).to_pylist():
-        if value is None:
-            stats.counts["null Parquet values skipped"] += 1
-            continue
-        yield value if isinstance(value, str) else _decode(bytes(value), opts, stats)
+    def refused(e: Exception) -> DataError:
+        if isinstance(e, KeyError) or opts.text_field in str(e):
+            return DataError(f"{path}: Parquet file has no column '{opts.text_field}'; set data.text_field")
+        return DataError(f"{path}: not a readable Parquet file ({e.__class__.__name__}: {e})")
+
+    with path.open("rb") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+            if opts.text_field not in parquet.schema_arrow.names:
+                raise KeyError(opts.text_field)
+            batches = parquet.iter_batches(batch_size=1024, columns=[opts.text_field])  # a row group at a time
+            for batch in batches:
+                for value in batch.column(0).to_pylist():
+                    if value is None:
+                        stats.counts["null Parquet values skipped"] += 1
+                        continue
+                    yield value if isinstance(value, str) else _decode(bytes(value), opts, stats)
+        except DataError:
+            raise
+        except Exception as e:  # pyarrow raises several types for a missing column or a damaged file
+            raise refused(e) from None
 
 
 def _arrayrecord(path: epath.Path, opts: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
