@@ -117,22 +117,31 @@ def _tokenizer(argv: list[str]) -> int:
 def _data(argv: list[str]) -> int:
     actions = {"prepare": "tokenize and pack the configured corpus once into ArrayRecord shards; train from them "
                           "with --config.data.corpus=prepared --config.data.prepared_dir=OUT",
-               "bench": "print the tokens/s that the input pipeline alone produces"}
+               "bench": "print the tokens/s that the input pipeline alone produces",
+               "stats": "tokens, documents, length histogram and packing of a prepared directory, and the epochs "
+                        "of each source that the configured run (train.steps, data.weights) would read"}
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: llm-jax data {prepare,bench} --config=... [flags]\n\n" +
+        print("usage: llm-jax data {prepare,bench,stats} --config=... [flags]\n\n" +
               "\n".join(f"  {k:<8} {v}" for k, v in actions.items()))
         return 0
     if not argv or argv[0] not in actions:
         got = f"unknown action '{argv[0]}'" if argv else "no action given"
-        raise UsageError(f"llm-jax data: {got}; choose prepare or bench (see llm-jax data --help)")
+        raise UsageError(f"llm-jax data: {got}; choose prepare, bench or stats (see llm-jax data --help)")
     action, argv = argv[0], argv[1:]
     parser = config_parser(f"data {action}", actions[action])
     if action == "prepare":
         parser.add_argument("--out", required=True, help="directory for the shards and meta.json")
         parser.add_argument("--rows-per-shard", type=int, default=65536)
+    elif action == "stats":
+        parser.add_argument("directory", help="a directory written by `llm-jax data prepare`")
     else:
         parser.add_argument("--batches", type=int, default=200, help="timed batches")
     args, cfg = parse_with_config(parser, argv)
+    if action == "stats":
+        from llm_jax.data.stats import print_stats
+
+        print_stats(args.directory, cfg)
+        return 0
     if action == "bench":
         from llm_jax.data.bench import bench_data
 

@@ -89,6 +89,8 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     (["plan", CFG, "--device-kind=cpu", "--config.model.attention=cudnn", "--config.model.dtype=bfloat16"],
      "model.attention=cudnn runs on GPUs"),
     (["plan", CFG, "--device-kind=h100", "--config.model.attention=splash"], "model.attention=splash runs on TPUs"),
+    (["data", "stats", "{d}/no_such_dir"], "no_such_dir"),
+    (["data", "stats"], "directory"),
     (["bench", CFG, "--config.train.stepz=1"], "train.stepz"),
     (["bench", CFG, "--steps=abc"], "--steps"),
     (["bench", CFG, "--steps=0"], "--steps"),

@@ -129,3 +129,25 @@ def test_data_prepare_then_train_and_bench_from_the_command_line(corpus_dir, tmp
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["tokens_per_s"] > 0 and result["workers"] == 1
     assert f"{result['tokens_per_s']:,.0f} tokens/s" in out.stdout
+
+
+def test_a_mixture_of_prepared_directories_reads_as_one_preparation_of_both(corpus_dir, tmp_path):
+    """Two corpora prepared apart, mixed by data.weights at training time, give the batches of one preparation
+    with both as sources (pad packing: no row spans the two, so the validation rows are the same too)."""
+    web, books = str(corpus_dir / "web-*.jsonl"), str(corpus_dir / "books.parquet")
+    for name, files in (("web", web), ("books", books), ("both", f"{web};{books}")):
+        cfg = _config(corpus_dir, "data.packing=pad")
+        cfg.data.train_files = files
+        prepare_data(cfg, str(tmp_path / name), rows_per_shard=16)
+
+    def data(directory):
+        return make_data(_config(corpus_dir, "data.packing=pad", "data.corpus=prepared", "data.weights=3,1",
+                                 f"data.prepared_dir={directory}"))
+
+    mixed, one = data(f"{tmp_path / 'web'};{tmp_path / 'books'}"), data(tmp_path / "both")
+    assert mixed.weights == one.weights == [0.75, 0.25]
+    assert mixed.eval.num_rows == one.eval.num_rows > 0
+    assert mixed.unigram_loss == pytest.approx(one.unigram_loss, rel=0.05)
+    for step in range(4):
+        assert _equal(mixed.train.batch_at(step), one.train.batch_at(step))
+        assert _equal(mixed.eval.batch_at(step), one.eval.batch_at(step))

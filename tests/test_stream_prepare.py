@@ -128,3 +128,28 @@ def test_a_killed_preparation_leaves_no_readable_half_and_a_rerun_makes_the_same
     assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
     assert not list(out.glob("*.tmp")), "the rerun removes the killed run's half-written shard"
     assert _files(out) == _files(prepared["large"][0])
+
+
+def test_data_stats_reports_what_the_shards_hold(tmp_path):
+    from llm_jax.data.prepared import RecordRows
+    from llm_jax.data.stats import describe
+
+    with open(tmp_path / "a.jsonl", "w") as f:
+        for j in range(50):
+            f.write(json.dumps({"text": "x" * (j * 7 + 1)}) + "\n")
+    cfg = small_config()
+    cfg.data.corpus, cfg.data.train_files, cfg.data.packing, cfg.data.eval_holdout = "files", str(
+        tmp_path / "a.jsonl"), "pad", 10
+    meta = prepare_data(cfg, str(tmp_path / "p"), rows_per_shard=8)
+    lines, figures = describe(str(tmp_path / "p"), cfg)
+    train, validation = figures["sources"]
+    assert train["documents"] + validation["documents"] == meta["stats"]["documents"] == 50
+    assert validation["documents"] == 5 and sum(train["length_histogram"]) == 45
+    # byte tokenizer: a document of n characters is n tokens; lengths 8..14 are the bucket of bit length 4
+    assert train["length_histogram"][4] == sum(1 for j in range(50) if j % 10 != 9 and 8 <= j * 7 + 1 <= 15)
+    rows = RecordRows([str(tmp_path / "p" / s) for s in meta["train"][0]["shards"]], meta["row_len"], meta["dtype"])
+    tokens = sum(int((rows[i]["segment_ids"] != 0).sum()) for i in range(len(rows)))
+    assert train["tokens"] == tokens and train["rows"] == len(rows)
+    assert train["packing_efficiency"] == pytest.approx(tokens / (len(rows) * meta["row_len"]))
+    assert train["epochs"] == pytest.approx(cfg.train.steps * cfg.train.global_batch / len(rows))
+    assert any("document lengths" in line for line in lines)

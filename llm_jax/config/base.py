@@ -185,7 +185,8 @@ def _schema() -> Section:
                             "sources to mix are separated by ';', e.g. 'web/*.jsonl;books/*.parquet'")
     d.weights = key("", "mixture weights, one per ';'-separated source, e.g. '0.7,0.3'; empty: in proportion to "
                         "size")
-    d.prepared_dir = key("", "prepared: the --out directory of `llm-jax data prepare`")
+    d.prepared_dir = key("", "prepared: the --out directory of `llm-jax data prepare`, or several separated by ';' "
+                             "(their sources mixed by data.weights, their validation rows together)")
     d.eval_files = key("", "files: the validation files; empty holds out every eval_holdout-th training document")
     d.eval_holdout = key(100, "every N-th training document goes to validation (when eval_files is empty)", ge=2)
     d.format = key("auto", "auto (by extension) | text | jsonl | parquet | arrayrecord (a UTF-8 document per "

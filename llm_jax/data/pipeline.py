@@ -80,7 +80,8 @@ def check_sources(d: ml_collections.ConfigDict) -> None:
             expand(d.eval_files)
         parse_weights(d, len(groups))
     elif d.corpus == "prepared":
-        prepared.read_meta(d.prepared_dir)
+        for directory in prepared.directories(d.prepared_dir):
+            prepared.read_meta(directory)
 
 
 def hold_out(docs: list, every: int, what: str) -> tuple[list, list]:

@@ -53,9 +53,11 @@ class Split:
         self.packer = StreamPacker(objective.row_len(), cfg.data.packing, tokenizer.specials)
         self.writer = ShardWriter(out, prefix, dtype, rows_per_shard)
         self.unigram, self.objective, self.docs, self.tokens = unigram, objective, 0, 0
+        self.lengths = collections.Counter()  # documents by bit length of their token count: bucket b holds 2^(b-1)..
 
     def add(self, doc: np.ndarray) -> None:
         self.docs += 1
+        self.lengths[len(doc).bit_length()] += 1
         for rows in self.packer.add(doc):
             self._write(rows)
 
@@ -63,7 +65,9 @@ class Split:
         for rows in self.packer.finish():
             self._write(rows)
         shards = self.writer.close()
-        return {"rows": self.writer.rows, "shards": [s.name for s in shards], "sha256": [s.sha256 for s in shards]}
+        return {"rows": self.writer.rows, "shards": [s.name for s in shards], "sha256": [s.sha256 for s in shards],
+                "documents": self.docs, "tokens": self.tokens,
+                "length_histogram": [self.lengths[b] for b in range(max(self.lengths, default=0) + 1)]}
 
     def _write(self, rows: dict) -> None:
         self.writer.write(rows)

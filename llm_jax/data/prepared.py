@@ -13,6 +13,7 @@ objective packs: seq_len + 1 for causal and prefix LM, seq_len for masked LM and
 
 import collections
 import json
+import math
 import pathlib
 
 import grain
@@ -30,7 +31,7 @@ class RecordRows:
     """Rows of prepared ArrayRecord shards; a grain random-access source that pickles into worker processes."""
 
     def __init__(self, paths: list[str], row_len: int, dtype: str):
-        self.source = grain.sources.ArrayRecordDataSource(paths)
+        self.source, self.paths = grain.sources.ArrayRecordDataSource(paths), paths
         self.row_len, self.dtype = row_len, np.dtype(dtype)
 
     def __len__(self) -> int:
@@ -91,12 +92,41 @@ def _check_fields(path: pathlib.Path, meta: dict) -> None:
             raise _bad(path, f"has a missing or malformed '{field}'")
 
 
+def directories(value: str) -> list[str]:
+    """data.prepared_dir: one prepared directory, or several separated by ';' (a mixture of their sources)."""
+    return [d.strip() for d in value.split(";") if d.strip()] or [value]
+
+
 def open_sources(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
                  row_len: int) -> tuple[list[RecordRows], RecordRows, dict]:
-    """The prepared sources, after checking that they were made with this tokenizer, sequence length and row
-    length (`row_len`: the objective's)."""
-    directory = pathlib.Path(cfg.data.prepared_dir)
-    meta = read_meta(cfg.data.prepared_dir)
+    """The training sources of every directory of data.prepared_dir, in order (data.weights gives one weight per
+    source), and their validation rows together, after checking that each was made with this tokenizer, sequence
+    length and row length (`row_len`: the objective's). The meta returned combines theirs: summed input stats, the
+    baseline averaged over validation rows."""
+    train, validation, metas = [], [], []
+    for directory in directories(cfg.data.prepared_dir):
+        sources, held, meta = _open_one(pathlib.Path(directory), cfg, tokenizer, row_len)
+        train, validation, metas = train + sources, [*validation, held], [*metas, meta]
+    if len({m["dtype"] for m in metas}) > 1:
+        raise DataError(f"data.prepared_dir={cfg.data.prepared_dir!r}: the directories store rows as "
+                        f"{', '.join(m['dtype'] for m in metas)}; prepare them again with this code (it picks the "
+                        "dtype from the tokenizer) to mix them")
+    if len(metas) == 1:
+        return train, validation[0], metas[0]
+    held = RecordRows([p for v in validation for p in v.paths], row_len, metas[0]["dtype"])
+    counts = [len(v) for v in validation]
+
+    def mean(key: str) -> float:
+        return sum(m.get(key, math.nan) * n for m, n in zip(metas, counts, strict=True)) / max(sum(counts), 1)
+
+    stats = sum((collections.Counter(m["stats"]) for m in metas), collections.Counter())
+    return train, held, {"stats": dict(stats), "unigram_loss": mean("unigram_loss"),
+                         "unigram_accuracy": mean("unigram_accuracy")}
+
+
+def _open_one(directory: pathlib.Path, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
+              row_len: int) -> tuple[list[RecordRows], RecordRows, dict]:
+    meta = read_meta(str(directory))
     if meta["tokenizer"]["hash"] != tokenizer.identity()["hash"]:
         raise DataError(f"{directory} was prepared with tokenizer {meta['tokenizer']} but the config gives "
                         f"{tokenizer.identity()}; set data.tokenizer/data.tokenizer_path to match, or prepare again")
