@@ -66,6 +66,9 @@ CASES = [  # (argv with {d} for the fixture directory, what the one line must co
     (["data", "prepare", CFG, "--out={d}/p", FILES, "--config.data.train_files={d}/missing*.jsonl"],
      "missing*.jsonl"),
     (["data", "prepare", CFG, "--out={d}/p", FILES, "--config.data.train_files={d}/bad.jsonl"], "bad.jsonl:2"),
+    (["data", "prepare", CFG, "--out={d}/p", FILES, "--config.data.train_files={d}/bad.jsonl",
+      "--config.data.workers=2"], "bad.jsonl:2"),  # raised in a worker process
+    (["data", "prepare", CFG, "--out={d}/p", FILES, "--rows-per-shard=0"], "--rows-per-shard"),
     (["data", "prepare", CFG, "--out={d}/p", FILES, "--config.data.train_files={d}/empty.jsonl",
       "--config.data.eval_files={d}/text.txt"], "empty.jsonl"),
     (["data", "prepare", CFG, "--out={d}/p", FILES, "--config.data.train_files={d}/text.txt",

@@ -153,3 +153,39 @@ def test_data_stats_reports_what_the_shards_hold(tmp_path):
     assert train["packing_efficiency"] == pytest.approx(tokens / (len(rows) * meta["row_len"]))
     assert train["epochs"] == pytest.approx(cfg.train.steps * cfg.train.global_batch / len(rows))
     assert any("document lengths" in line for line in lines)
+
+
+def test_a_killed_preparation_resumes_keeping_the_units_it_finished(tmp_path):
+    rng = np.random.default_rng(3)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(12):
+        with open(parts / f"part-{i:02d}.jsonl", "w") as f:
+            for _ in range(300):
+                f.write(json.dumps({"text": "abcdefgh " * int(rng.integers(50, 300))}) + "\n")
+    argv = [*PREPARE, f"--config.data.train_files={parts / 'part-*.jsonl'}"]
+    clean = tmp_path / "clean"
+    assert subprocess.run([*argv, f"--out={clean}"], capture_output=True, timeout=300).returncode == 0
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*argv, f"--out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "work" / "tokens-00002.json").exists():
+        assert proc.poll() is None, "the preparation ended before it was killed"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "meta.json").exists()
+    # A finished unit is kept: swap its input for other text of the same size and time, and the rerun still
+    # uses the tokens it made. A damaged one is made again: flip a byte of the second unit's tokens.
+    first = parts / "part-00.jsonl"
+    info = first.stat()
+    first.write_bytes(first.read_bytes().replace(b"abcdefgh", b"zyxwvuts"))
+    os.utime(first, ns=(info.st_atime_ns, info.st_mtime_ns))
+    damaged = out / "work" / "tokens-00001.arrayrecord"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    assert subprocess.run([*argv, f"--out={out}"], capture_output=True, timeout=300).returncode == 0
+    assert not (out / "work").exists(), "the tokenized units are removed once meta.json is written"
+    assert _files(out) == _files(clean)

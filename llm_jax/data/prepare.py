@@ -1,5 +1,7 @@
-"""`llm-jax data prepare`: the configured corpus tokenized and packed into ArrayRecord shards in one streaming
-pass (data/stream.py), in memory bounded by the settings, with the rows the in-memory path makes of it.
+"""`llm-jax data prepare`: the configured corpus tokenized and packed into ArrayRecord shards, in memory bounded
+by the settings, with the rows the in-memory path makes of it. Two passes: every unit of input is tokenized on
+its own, by data.workers processes (data/units.py: parallel, resumable), then one streaming pass packs the units
+in input order into shards (data/stream.py).
 
 Each ';'-separated source of data.train_files streams into its own shards; without data.eval_files every
 data.eval_holdout-th document of each source goes to the validation shards instead, as in training from files.
@@ -7,42 +9,20 @@ data.eval_holdout-th document of each source goes to the validation shards inste
 
 import collections
 import json
+import os
 import pathlib
-from collections.abc import Iterator
+import shutil
 
-import grain
 import ml_collections
 import numpy as np
-from etils import epath
 
-from llm_jax.data import corpus, prepared
-from llm_jax.data.encode import EncodeUnit, Unit, file_units, text_units
-from llm_jax.data.loader import with_workers
+from llm_jax.data import corpus, prepared, units
+from llm_jax.data.encode import file_units, text_units
 from llm_jax.data.pipeline import source_groups, source_options
-from llm_jax.data.sources import DataError, SourceOptions, SourceStats, read_file
+from llm_jax.data.sources import DataError, SourceStats
 from llm_jax.data.stream import TMP_SUFFIX, ShardWriter, StreamPacker, Unigram, baseline
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.objectives import Objective, make_objective
-
-
-def encoded(units: list[Unit], tokenizer: Tokenizer, opts: SourceOptions, stats: SourceStats,
-            workers: int) -> Iterator[np.ndarray]:
-    """The token ids of every document of `units`, in order. In this process a file is read document by document;
-    with `workers`, grain processes tokenize whole files, at most a few of them in flight."""
-    if not workers:
-        for unit in units:
-            docs = read_file(epath.Path(unit), opts, stats) if isinstance(unit, str) else unit
-            yield from (tokenizer.encode(doc) for doc in docs)
-        return
-    ds = grain.MapDataset.source(units).map(EncodeUnit(tokenizer, opts)).to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    it = iter(with_workers(ds, workers))
-    try:
-        for tokens, counts in it:
-            stats.counts.update(collections.Counter(counts))
-            yield from tokens
-    finally:
-        it.close()
 
 
 class Split:
@@ -107,11 +87,25 @@ def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int =
     else:
         groups = [(g, file_units(g)) for g in source_groups(d.train_files)]
         eval_units = file_units(d.eval_files) if d.eval_files else None
+    # Tokenize every unit (in parallel, skipping those a killed run finished), then pack them in input order.
+    work = directory / units.WORK
+    work.mkdir(exist_ok=True)
+    every_unit = [u for _, us in groups for u in us] + (eval_units or [])
+    jobs = [units.Job(i, u, str(work), (d.tokenizer, d.tokenizer_path), tokenizer.identity()["hash"], opts)
+            for i, u in enumerate(every_unit)]
+    for summary in units.run(jobs, d.workers):
+        stats.counts.update(collections.Counter(summary["stats"]))
+    group_jobs, at = [], 0
+    for _, us in groups:
+        group_jobs.append(jobs[at:at + len(us)])
+        at += len(us)
+
     validation, train = split("validation", validation_counts), []
     every = d.eval_holdout
-    for i, (what, units) in enumerate(groups):
+    for i, (what, _) in enumerate(groups):
         part, held = split(f"train-{i}", train_counts), validation.docs
-        for n, doc in enumerate(encoded(units, tokenizer, opts, stats, d.workers)):
+        docs = (doc for job in group_jobs[i] for doc in units.documents(job))
+        for n, doc in enumerate(docs):
             (validation if eval_units is None and n % every == every - 1 else part).add(doc)
         if not part.docs:
             raise _none_with_text(what, "training", d)
@@ -120,7 +114,7 @@ def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int =
                             "validation; set data.eval_files or lower data.eval_holdout")
         train.append(part)
     if eval_units is not None:
-        for doc in encoded(eval_units, tokenizer, opts, stats, d.workers):
+        for doc in (doc for job in jobs[at:] for doc in units.documents(job)):
             validation.add(doc)
         if not validation.docs:
             raise _none_with_text(d.eval_files, "validation", d)
@@ -133,6 +127,8 @@ def prepare_data(cfg: ml_collections.ConfigDict, out: str, rows_per_shard: int =
             "unigram_loss": loss, "unigram_accuracy": accuracy, "tokens": sum(t.tokens for t in train),
             "stats": dict(stats.counts), "format_version": prepared.FORMAT_VERSION, "dtype": dtype.name,
             "train": sources, "validation": held_out}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / "meta.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(directory / "meta.json.tmp", directory / "meta.json")
+    shutil.rmtree(work)  # the shards are whole: the tokenized units are not needed to resume any more
     return meta
 
