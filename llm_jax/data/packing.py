@@ -33,16 +33,20 @@ def positions_from_segments(segment_ids: np.ndarray) -> np.ndarray:
     return (idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)).astype(np.int32)
 
 
+def marked(doc_tokens: np.ndarray, specials: Specials) -> np.ndarray:
+    """<bos> tokens <eos>."""
+    return np.concatenate([[specials.bos], np.asarray(doc_tokens, np.int32), [specials.eos]]).astype(np.int32)
+
+
 def _with_markers(docs_tokens: Sequence[np.ndarray], specials: Specials) -> list[np.ndarray]:
     if not len(docs_tokens):
         raise ValueError("no documents to pack")
-    return [np.concatenate([[specials.bos], np.asarray(t, np.int32), [specials.eos]]).astype(np.int32)
-            for t in docs_tokens]
+    return [marked(t, specials) for t in docs_tokens]
 
 
-def _concat(docs: list[np.ndarray], row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    stream = np.concatenate(docs)
-    doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+def cut_rows(stream: np.ndarray, doc_of: np.ndarray, row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A token stream and each token's document number as rows of `row_len` (the last one padded) and their
+    segment ids. Only differences of document numbers count, so a stream may start at any document."""
     n_rows = -(-len(stream) // row_len)
     pad = n_rows * row_len - len(stream)
     tokens = np.pad(stream, (0, pad), constant_values=pad_id).reshape(n_rows, row_len)
@@ -50,6 +54,10 @@ def _concat(docs: list[np.ndarray], row_len: int, pad_id: int) -> tuple[np.ndarr
     segment_ids = (doc_of - doc_of[:, :1] + 1).astype(np.int32)  # documents 1, 2, ... inside each row
     segment_ids[doc_of < 0] = 0
     return tokens, segment_ids
+
+
+def _concat(docs: list[np.ndarray], row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    return cut_rows(np.concatenate(docs), np.repeat(np.arange(len(docs)), [len(d) for d in docs]), row_len, pad_id)
 
 
 def _pieces(docs: list[np.ndarray], row_len: int) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from llm_jax.data.encode import encode_units, file_units, text_units
 from llm_jax.data.loader import Loader, MemoryRows, eval_stream, train_stream
 from llm_jax.data.packing import Rows, pack_documents
 from llm_jax.data.sources import DataError, SourceOptions, SourceStats, expand
+from llm_jax.data.stream import Unigram, baseline
 from llm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from llm_jax.objectives import Objective, ToExample, make_objective
 
@@ -52,11 +53,10 @@ def parse_weights(d: ml_collections.ConfigDict, num_sources: int) -> list[float]
 def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> tuple[float, float]:
     """The loss of the best context-free model, and the accuracy of always guessing the most frequent token:
     baselines any trained model must beat by far."""
-    # Objectives' extra ids (sentinels) may be targets too: count every id either split has.
-    size = max(vocab_size, int(train_tokens.max(initial=0)) + 1, int(eval_tokens.max(initial=0)) + 1)
-    counts = np.bincount(train_tokens, minlength=size).astype(np.float64) + 1.0  # add-one
-    loss = float(-np.log(counts / counts.sum())[eval_tokens].mean())
-    return loss, float((eval_tokens == np.argmax(counts)).mean())
+    train, held = Unigram(vocab_size), Unigram(vocab_size)
+    train.add(train_tokens)
+    held.add(eval_tokens)
+    return baseline(train, held)
 
 
 def rows_baseline(objective: Objective, train: list[Rows], validation: Rows, vocab_size: int) -> tuple[float, float]:

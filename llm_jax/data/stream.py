@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from llm_jax.data.packing import BEST_FIT_WINDOW, Rows, pack_documents, positions_from_segments
+from llm_jax.data.loader import stacked
+from llm_jax.data.packing import BEST_FIT_WINDOW, Rows, cut_rows, marked, pack_documents, positions_from_segments
 from llm_jax.data.tokenizer import Specials
 
 TMP_SUFFIX = ".tmp"
@@ -38,9 +39,8 @@ class StreamPacker:
             if len(self.window) == BEST_FIT_WINDOW:
                 yield self._window()
             return
-        marked = np.concatenate([[self.specials.bos], np.asarray(doc_tokens, np.int32), [self.specials.eos]])
-        self.pending.append(marked.astype(np.int32))
-        self.pending_len += len(marked)
+        self.pending.append(marked(doc_tokens, self.specials))
+        self.pending_len += len(self.pending[-1])
         if self.pending_len >= 64 * self.row_len:  # cut in batches of rows: numpy per row would be slow
             rows = self._concat(final=False)
             if rows is not None:
@@ -66,18 +66,12 @@ class StreamPacker:
         docs = np.concatenate([self.tail_docs, np.repeat(doc_ids, [len(p) for p in self.pending])])
         self.docs_seen += len(self.pending)
         self.pending, self.pending_len = [], 0
-        whole = len(tokens) // self.row_len * self.row_len
-        if final and whole < len(tokens):  # the last row is padded, as pack_documents pads it
-            pad = self.row_len - (len(tokens) - whole)
-            tokens = np.pad(tokens, (0, pad), constant_values=self.specials.pad)
-            docs = np.pad(docs, (0, pad), constant_values=-1)
-            whole = len(tokens)
+        # Whole rows now; the rest waits for the next documents, except at the end, where it is padded.
+        whole = len(tokens) if final else len(tokens) // self.row_len * self.row_len
         self.tail_tokens, self.tail_docs = tokens[whole:], docs[whole:]
         if not whole:
             return None
-        tokens, docs = tokens[:whole].reshape(-1, self.row_len), docs[:whole].reshape(-1, self.row_len)
-        segment_ids = (docs - docs[:, :1] + 1).astype(np.int32)  # documents 1, 2, ... inside each row
-        segment_ids[docs < 0] = 0
+        tokens, segment_ids = cut_rows(tokens[:whole], docs[:whole], self.row_len, self.specials.pad)
         return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions_from_segments(segment_ids)}
 
 
@@ -106,8 +100,7 @@ class ShardWriter:
     def write(self, rows: Rows) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter
 
-        data = np.stack([rows["tokens"], rows["segment_ids"]], axis=1).astype(self.dtype)
-        for row in data:
+        for row in stacked(rows, self.dtype):
             if self.writer is None:
                 path = self.out / (self._name() + TMP_SUFFIX)
                 self.writer = ArrayRecordWriter(str(path), "group_size:1")  # one row per chunk: random access
